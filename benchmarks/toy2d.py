@@ -1,0 +1,195 @@
+"""Toy 2-D benchmark: CaLMFlow vs conditional flow matching at equal wall-clock budget.
+
+Tasks (as in the CaLMFlow paper, definitions from torchcfm):
+  * noise -> 8 Gaussians (radius 5),
+  * 8 Gaussians -> 2 moons (noise 0.2).
+Metric: exact 2-Wasserstein distance (POT ``emd2`` on squared Euclidean cost, then sqrt) between
+1,000 generated samples and 1,000 fresh target samples; the noise floor is the same distance
+between two independent 1,000-sample target draws.
+
+Run: ``python benchmarks/toy2d.py [--budget 90] [--seed 0]`` (``make bench``).
+Writes ``benchmarks/results/toy2d.json`` and ``toy2d.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import ot
+import torch
+
+from calmflow_sc.baselines import VelocityField, cfm_loss, cfm_sample
+from calmflow_sc.datasets import eight_gaussians, standard_normal, two_moons
+from calmflow_sc.module import CaLMFlowModule
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TASKS = {
+    "noise->8gaussians": (lambda n, rng: standard_normal(n, 2, seed=rng), lambda n, rng: eight_gaussians(n, seed=rng)),
+    "8gaussians->moons": (lambda n, rng: eight_gaussians(n, seed=rng), lambda n, rng: two_moons(n, seed=rng)),
+}
+
+
+def w2(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact 2-Wasserstein distance between two equal-weight point clouds."""
+    cost = ot.dist(a.astype(np.float64), b.astype(np.float64), metric="sqeuclidean")
+    return float(np.sqrt(ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost, numItermax=10**7)))
+
+
+def train_calmflow(sample_source, sample_target, budget: float, seed: int, args) -> tuple[CaLMFlowModule, dict]:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    module = CaLMFlowModule(
+        2,
+        args.backbone,
+        n_spatial_tokens=args.k,
+        n_trajectories=args.p,
+        n_time_points=args.n,
+        beta=args.beta,
+        dropout=0.0,
+    )
+    opt = torch.optim.AdamW(module.parameters(), lr=args.lr, weight_decay=0.01)
+    steps, start, losses = 0, time.perf_counter(), []
+    module.train()
+    while time.perf_counter() - start < budget:
+        b = args.batch_size // args.p
+        x0 = torch.from_numpy(sample_source(b * args.p, rng)).view(b, args.p, 2)
+        x1 = torch.from_numpy(sample_target(b * args.p, rng)).view(b, args.p, 2)
+        out = module.loss(x0, x1)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        steps += 1
+        losses.append(out.loss.item())
+    return module, {"steps": steps, "train_seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-50:]))}
+
+
+def train_cfm(sample_source, sample_target, budget: float, seed: int, args) -> tuple[VelocityField, dict]:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    field = VelocityField(2, hidden=256, n_layers=3)
+    opt = torch.optim.Adam(field.parameters(), lr=1e-3)
+    steps, start, losses = 0, time.perf_counter(), []
+    while time.perf_counter() - start < budget:
+        x0 = torch.from_numpy(sample_source(args.batch_size, rng))
+        x1 = torch.from_numpy(sample_target(args.batch_size, rng))
+        loss = cfm_loss(field, x0, x1, ot_pairing=args.ot_cfm)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+        losses.append(loss.item())
+    return field, {"steps": steps, "train_seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-50:]))}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, default=90.0, help="training seconds per model and task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-eval", type=int, default=1000)
+    parser.add_argument("--backbone", default="gpt-neox-mini")
+    parser.add_argument("--k", type=int, default=1)
+    parser.add_argument("--p", type=int, default=8)
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--ot-cfm", action="store_true", help="minibatch-OT pairing for the CFM baseline")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    results = {
+        "benchmark": "toy2d",
+        "command": "python benchmarks/toy2d.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "seed": args.seed,
+        "budget_seconds_per_model": args.budget,
+        "calmflow_settings": {
+            "backbone": args.backbone, "K": args.k, "P": args.p, "N": args.n, "beta": args.beta,
+            "temperature": args.temperature, "batch_size": args.batch_size, "lr": args.lr,
+        },
+        "cfm_settings": {"hidden": 256, "layers": 3, "ot_pairing": args.ot_cfm, "solver": "dopri5 atol=rtol=1e-4"},
+        "metric": "exact W2 (POT emd2, sqeuclidean cost, sqrt), 1,000 generated vs 1,000 fresh target samples",
+        "tasks": {},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    wall0 = time.perf_counter()
+    for name, (source, target) in TASKS.items():
+        eval_rng = np.random.default_rng(args.seed + 1000)
+        floor = w2(target(args.n_eval, eval_rng), target(args.n_eval, eval_rng))
+        real = target(args.n_eval, eval_rng)
+        x0_eval = source(args.n_eval, eval_rng)
+
+        module, cal_info = train_calmflow(source, target, args.budget, args.seed, args)
+        t0 = time.perf_counter()
+        p = args.p
+        n_seq = int(np.ceil(args.n_eval / p))
+        x0_pad = np.concatenate([x0_eval, source(n_seq * p - args.n_eval, eval_rng)])
+        gen = torch.Generator().manual_seed(args.seed)
+        cal = module.sample(
+            torch.from_numpy(x0_pad).view(n_seq, p, 2), temperature=args.temperature, generator=gen
+        ).reshape(-1, 2)[: args.n_eval].numpy()
+        cal_info["sample_seconds"] = time.perf_counter() - t0
+        cal_w2 = w2(cal, real)
+
+        field, cfm_info = train_cfm(source, target, args.budget, args.seed, args)
+        t0 = time.perf_counter()
+        cfm = cfm_sample(field, torch.from_numpy(x0_eval)).numpy()
+        cfm_info["sample_seconds"] = time.perf_counter() - t0
+        cfm_w2 = w2(cfm, real)
+        results["tasks"][name] = {
+            "noise_floor_w2": floor,
+            "calmflow_w2": cal_w2,
+            "cfm_w2": cfm_w2,
+            "calmflow_over_floor": cal_w2 / floor,
+            "cfm_over_floor": cfm_w2 / floor,
+            "calmflow_over_cfm": cal_w2 / cfm_w2,
+            "calmflow": cal_info,
+            "cfm": cfm_info,
+        }
+        print(name, json.dumps(results["tasks"][name], indent=1), flush=True)
+        np.savez(args.out / f"toy2d_{name.replace('->', '_to_')}_samples.npz", calmflow=cal, cfm=cfm, real=real)
+    results["wall_seconds"] = time.perf_counter() - wall0
+    results["target_met"] = all(t["calmflow_over_floor"] <= 2.0 for t in results["tasks"].values())
+    (args.out / "toy2d.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "toy2d.md").write_text(to_markdown(results))
+    return results
+
+
+def to_markdown(results: dict) -> str:
+    lines = [
+        "# Toy 2-D: CaLMFlow vs CFM at equal wall-clock",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Machine: {results['machine']}, Python {results['python']}, torch {results['torch']}; "
+        f"seed {results['seed']}; {results['budget_seconds_per_model']:.0f} s training per model and task; "
+        f"total wall time {results['wall_seconds']:.0f} s.  ",
+        f"Metric: {results['metric']}.  ",
+        f"CaLMFlow: {results['calmflow_settings']}.  ",
+        f"CFM: {results['cfm_settings']}.",
+        "",
+        "| task | noise floor W2 | CaLMFlow W2 (x floor) | CFM W2 (x floor) | CaLMFlow / CFM | CaLMFlow steps | CFM steps |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, t in results["tasks"].items():
+        lines.append(
+            f"| {name} | {t['noise_floor_w2']:.3f} | {t['calmflow_w2']:.3f} ({t['calmflow_over_floor']:.2f}x) | "
+            f"{t['cfm_w2']:.3f} ({t['cfm_over_floor']:.2f}x) | {t['calmflow_over_cfm']:.2f} | "
+            f"{t['calmflow']['steps']} | {t['cfm']['steps']} |"
+        )
+    lines += ["", f"Target (CaLMFlow W2 <= 2x noise floor on both tasks) met: **{results['target_met']}**.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
