@@ -67,7 +67,11 @@ def train_calmflow(sample_source, sample_target, budget: float, seed: int, args)
         opt.step()
         steps += 1
         losses.append(out.loss.item())
-    return module, {"steps": steps, "train_seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-50:]))}
+    return module, {
+        "steps": steps,
+        "train_seconds": time.perf_counter() - start,
+        "final_loss": float(np.mean(losses[-50:])),
+    }
 
 
 def train_cfm(sample_source, sample_target, budget: float, seed: int, args) -> tuple[VelocityField, dict]:
@@ -85,7 +89,11 @@ def train_cfm(sample_source, sample_target, budget: float, seed: int, args) -> t
         opt.step()
         steps += 1
         losses.append(loss.item())
-    return field, {"steps": steps, "train_seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-50:]))}
+    return field, {
+        "steps": steps,
+        "train_seconds": time.perf_counter() - start,
+        "final_loss": float(np.mean(losses[-50:])),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -115,8 +123,14 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed,
         "budget_seconds_per_model": args.budget,
         "calmflow_settings": {
-            "backbone": args.backbone, "K": args.k, "P": args.p, "N": args.n, "beta": args.beta,
-            "temperature": args.temperature, "batch_size": args.batch_size, "lr": args.lr,
+            "backbone": args.backbone,
+            "K": args.k,
+            "P": args.p,
+            "N": args.n,
+            "beta": args.beta,
+            "temperature": args.temperature,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
         },
         "cfm_settings": {"hidden": 256, "layers": 3, "ot_pairing": args.ot_cfm, "solver": "dopri5 atol=rtol=1e-4"},
         "metric": "exact W2 (POT emd2, sqeuclidean cost, sqrt), 1,000 generated vs 1,000 fresh target samples",
@@ -136,9 +150,11 @@ def main(argv: list[str] | None = None) -> dict:
         n_seq = int(np.ceil(args.n_eval / p))
         x0_pad = np.concatenate([x0_eval, source(n_seq * p - args.n_eval, eval_rng)])
         gen = torch.Generator().manual_seed(args.seed)
-        cal = module.sample(
-            torch.from_numpy(x0_pad).view(n_seq, p, 2), temperature=args.temperature, generator=gen
-        ).reshape(-1, 2)[: args.n_eval].numpy()
+        cal = (
+            module.sample(torch.from_numpy(x0_pad).view(n_seq, p, 2), temperature=args.temperature, generator=gen)
+            .reshape(-1, 2)[: args.n_eval]
+            .numpy()
+        )
         cal_info["sample_seconds"] = time.perf_counter() - t0
         cal_w2 = w2(cal, real)
 

@@ -130,8 +130,6 @@ def cfm_sample(
     field.eval()
     t = torch.linspace(0, 1, n_steps, device=x0.device, dtype=x0.dtype)
     options = {} if method in ("dopri5", "dopri8", "bosh3", "adaptive_heun") else {"step_size": 1.0 / (n_steps - 1)}
-    traj = odeint(
-        lambda s, x: field(x, s, condition), x0, t, method=method, atol=atol, rtol=rtol, options=options
-    )
+    traj = odeint(lambda s, x: field(x, s, condition), x0, t, method=method, atol=atol, rtol=rtol, options=options)
     field.train(was_training)
     return traj if return_trajectory else traj[-1]

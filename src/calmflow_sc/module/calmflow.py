@@ -167,6 +167,11 @@ class CaLMFlowModule(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     @property
+    def device(self) -> torch.device:
+        """Device of the module's parameters."""
+        return next(self.encoder.parameters()).device
+
+    @property
     def base_model(self) -> PreTrainedModel:
         """The Hugging Face base model (unwrapped from peft in LoRA mode)."""
         inner = self.backbone
@@ -176,13 +181,11 @@ class CaLMFlowModule(nn.Module):
         self, prompt_ids: torch.Tensor | None, prompt_mask: torch.Tensor | None, batch_size: int
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Embed a left-padded prompt; return embeddings and the 0/1 mask (B, L)."""
-        device = next(self.encoder.parameters()).device
+        device = self.device
         if prompt_ids is None:
             return None, torch.zeros(batch_size, 0, dtype=torch.long, device=device)
         if prompt_ids.dim() != 2 or prompt_ids.shape[0] != batch_size:
-            raise ValueError(
-                f"prompt_ids must have shape (B={batch_size}, L), got {tuple(prompt_ids.shape)}."
-            )
+            raise ValueError(f"prompt_ids must have shape (B={batch_size}, L), got {tuple(prompt_ids.shape)}.")
         if prompt_mask is None:
             prompt_mask = torch.ones_like(prompt_ids)
         if prompt_mask.shape != prompt_ids.shape:
@@ -299,9 +302,7 @@ class CaLMFlowModule(nn.Module):
         hidden, _ = self._run_backbone(embeddings, attention_mask, position_ids)
         hidden = hidden[:, mask.shape[1] :].reshape(b, n - 1, p, self.n_spatial_tokens, self.hidden_size)
         states, mu, var = self._decode(hidden, temperature, generator)
-        return CaLMFlowOutput(
-            prediction=states.transpose(1, 2), mu=mu.transpose(1, 2), var=var.transpose(1, 2)
-        )
+        return CaLMFlowOutput(prediction=states.transpose(1, 2), mu=mu.transpose(1, 2), var=var.transpose(1, 2))
 
     def loss(
         self,
@@ -386,9 +387,7 @@ class CaLMFlowModule(nn.Module):
                     new = self.encode_states(states[-1].unsqueeze(1))
                     start = step * tokens_per_step
                     embeddings = new if (step > 0 or prompt_emb is None) else torch.cat([prompt_emb, new], 1)
-                    attention_mask, position_ids = self._masks_and_positions(
-                        mask, start + tokens_per_step, start=start
-                    )
+                    attention_mask, position_ids = self._masks_and_positions(mask, start + tokens_per_step, start=start)
                     if step > 0:
                         position_ids = position_ids[:, n_prompt:] if n_prompt else position_ids
                     hidden, cache = self._run_backbone(

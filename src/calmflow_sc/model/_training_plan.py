@@ -1,0 +1,163 @@
+"""Lightning training plan (an scvi-tools ``TrainingPlan`` subclass) for CaLMFlow."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.train import TrainingPlan
+
+from calmflow_sc.data.expression import TARGET_SUM
+from calmflow_sc.data.sequences import ControlPool, Pairing, group_into_sequences
+from calmflow_sc.module import CaLMFlowModule
+
+PERTURBATION_KEY = "perturbation"
+CONTEXT_KEY = "context"
+
+
+class CaLMFlowTrainingPlan(TrainingPlan):
+    """Turn AnnData minibatches into CaLMFlow sequences and minimise the module's loss.
+
+    Each batch of cells is projected to the representation space, grouped by condition into
+    sequences of ``P`` trajectories, paired with sources (noise or control cells of the same
+    context) and scored by :meth:`CaLMFlowModule.loss`. Logged: ``train_loss``,
+    ``reconstruction_train``, ``kl_train`` and their ``validation`` counterparts.
+
+    Parameters
+    ----------
+    module
+        The CaLMFlow module.
+    pca_mean, pca_components, pca_scale
+        The representation (see :class:`~calmflow_sc.data.PCARepresentation`).
+    normalize_counts
+        Log-normalise each batch (the registered matrix holds counts).
+    prompt_ids, prompt_mask
+        Token ids and masks of every condition, shape ``(n_perturbations, n_contexts, L)``.
+    context_radix
+        Number of categories of each context key (to combine joint codes into one index).
+    source
+        ``"noise"`` or ``"control"``.
+    control_pool
+        Control cells by context (required for ``source="control"``).
+    pairing
+        Pairing of control sources with targets: ``"random"`` or ``"ot"``.
+    **kwargs
+        Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``, ...).
+    """
+
+    def __init__(
+        self,
+        module: CaLMFlowModule,
+        *,
+        pca_mean: torch.Tensor,
+        pca_components: torch.Tensor,
+        pca_scale: float,
+        normalize_counts: bool,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        context_radix: list[int],
+        source: Literal["noise", "control"] = "noise",
+        control_pool: ControlPool | None = None,
+        pairing: Pairing = "random",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("optimizer", "AdamW")
+        kwargs.setdefault("weight_decay", 0.01)
+        kwargs.setdefault("eps", 1e-8)
+        super().__init__(module, n_epochs_kl_warmup=None, n_steps_kl_warmup=None, **kwargs)
+        self.register_buffer("pca_mean", pca_mean.float(), persistent=False)
+        self.register_buffer("pca_components", pca_components.float(), persistent=False)
+        self.register_buffer("prompt_ids", prompt_ids.long(), persistent=False)
+        self.register_buffer("prompt_mask", prompt_mask.long(), persistent=False)
+        self.pca_scale = float(pca_scale)
+        self.normalize_counts = normalize_counts
+        self.context_radix = list(context_radix)
+        self.source = source
+        self.control_pool = control_pool
+        self.pairing = pairing
+        if source == "control" and control_pool is None:
+            raise ValueError("source='control' needs a control pool.")
+
+    # -------------------------------------------------------------- batch -> tensors
+    def _coordinates(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.normalize_counts:
+            totals = x.sum(dim=1, keepdim=True).clamp(min=1.0)
+            x = torch.log1p(x * (TARGET_SUM / totals))
+        return ((x - self.pca_mean) @ self.pca_components.T) / self.pca_scale
+
+    def _context_index(self, batch: dict[str, torch.Tensor], n: int, device: torch.device) -> torch.Tensor:
+        if not self.context_radix:
+            return torch.zeros(n, dtype=torch.long, device=device)
+        codes = batch[CONTEXT_KEY].long().view(n, -1)
+        index = torch.zeros(n, dtype=torch.long, device=device)
+        for j, radix in enumerate(self.context_radix):
+            index = index * radix + codes[:, j]
+        return index
+
+    def _batch_loss(self, batch: dict[str, torch.Tensor]):
+        x = batch[REGISTRY_KEYS.X_KEY]
+        n = x.shape[0]
+        z = self._coordinates(x)
+        perturbation = batch[PERTURBATION_KEY].long().view(n)
+        context = self._context_index(batch, n, z.device)
+        n_context = self.prompt_ids.shape[1]
+        keys = perturbation * n_context + context
+        seq = group_into_sequences(keys, self.module.n_trajectories)
+        x1 = z[seq]
+        seq_perturbation, seq_context = perturbation[seq[:, 0]], context[seq[:, 0]]
+        ids = self.prompt_ids[seq_perturbation, seq_context]
+        mask = self.prompt_mask[seq_perturbation, seq_context]
+        if self.source == "control":
+            x0 = self.control_pool.sources_for(x1, seq_context, pairing=self.pairing).to(x1.device)
+        else:
+            x0 = torch.randn_like(x1)
+        return self.module.loss(x0, x1, ids, mask), seq.shape[0]
+
+    # ------------------------------------------------------------------- lightning
+    def forward(self, *args: Any, **kwargs: Any):
+        """Passthrough to the module's forward."""
+        return self.module(*args, **kwargs)
+
+    def _log_parts(self, out, n_seq: int, mode: str) -> None:
+        self.log(
+            f"{mode}_loss",
+            out.loss,
+            on_epoch=True,
+            on_step=False,
+            prog_bar=True,
+            batch_size=n_seq,
+            sync_dist=self.use_sync_dist,
+        )
+        self.log(
+            f"reconstruction_{mode}",
+            out.reconstruction,
+            on_epoch=True,
+            on_step=False,
+            batch_size=n_seq,
+            sync_dist=self.use_sync_dist,
+        )
+        self.log(f"kl_{mode}", out.kl, on_epoch=True, on_step=False, batch_size=n_seq, sync_dist=self.use_sync_dist)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One optimisation step on a minibatch of cells."""
+        out, n_seq = self._batch_loss(batch)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({out.loss.item()}) at step {self.global_step}: "
+                "try a lower learning rate (lr) or check the data."
+            )
+        self._log_parts(out, n_seq, "train")
+        return out.loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Loss on a validation minibatch."""
+        out, n_seq = self._batch_loss(batch)
+        self._log_parts(out, n_seq, "validation")
+
+    def on_train_epoch_end(self) -> None:
+        """Nothing extra: metrics are logged per step (scvi's ELBO metrics are unused)."""
+
+    def on_validation_epoch_end(self) -> None:
+        """Nothing extra: metrics are logged per step (scvi's ELBO metrics are unused)."""
