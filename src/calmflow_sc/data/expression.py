@@ -36,7 +36,7 @@ def check_expression(x, *, source: str) -> None:
 
 
 def looks_like_counts(x, *, n_check: int = 100_000) -> bool:
-    """Whether a matrix holds raw counts: non-negative integers with values above ~20.
+    """Whether a matrix holds raw counts: non-negative integers, not only 0 and 1.
 
     Parameters
     ----------
@@ -47,13 +47,13 @@ def looks_like_counts(x, *, n_check: int = 100_000) -> bool:
 
     Returns
     -------
-    ``True`` when the inspected values are all integers and some exceed 20 (log-normalised data
-    rarely does).
+    ``True`` when the inspected stored values are all integers and some exceed 1 (log-normalised
+    values are almost never integers).
     """
     values = _values(x)[:n_check]
     if values.size == 0:
         return False
-    return bool(np.all(np.equal(np.mod(values, 1), 0)) and values.max() > 20)
+    return bool(np.all(np.equal(np.mod(values, 1), 0)) and values.max() > 1)
 
 
 def log_normalize(x):

@@ -78,6 +78,9 @@ class CaLMFlowModel(BaseModelClass):
         Default sampling temperature of predictions.
     finetune
         ``"full"``, ``"lora"`` or ``"frozen"`` backbone training.
+    residual
+        Decode increments ``z_{i+1} - z_i`` rather than states (see
+        :class:`~calmflow_sc.module.CaLMFlowModule`).
     lora_kwargs
         LoRA options (``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``target_modules``).
     from_pretrained_kwargs
@@ -116,6 +119,7 @@ class CaLMFlowModel(BaseModelClass):
         beta: float = 0.3,
         temperature: float = 1.0,
         finetune: Literal["full", "lora", "frozen"] = "full",
+        residual: bool = True,
         lora_kwargs: dict[str, Any] | None = None,
         from_pretrained_kwargs: dict[str, Any] | None = None,
         registry: dict | None = None,
@@ -160,6 +164,7 @@ class CaLMFlowModel(BaseModelClass):
             beta=beta,
             vocab_size=len(self.tokenizer),
             finetune=finetune,
+            residual=residual,
             lora_kwargs=lora_kwargs,
             from_pretrained_kwargs=from_pretrained_kwargs,
             **module_kwargs,

@@ -156,6 +156,10 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         out, n_seq = self._batch_loss(batch)
         self._log_parts(out, n_seq, "validation")
 
+    def on_train_start(self) -> None:
+        """Put the module in training mode (a loaded model starts in evaluation mode)."""
+        self.module.train()
+
     def on_train_epoch_end(self) -> None:
         """Nothing extra: metrics are logged per step (scvi's ELBO metrics are unused)."""
 

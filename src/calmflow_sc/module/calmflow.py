@@ -99,6 +99,10 @@ class CaLMFlowModule(nn.Module):
         Path noise standard deviation at interior points.
     vocab_size
         Vocabulary size of a preset backbone (the condition tokenizer's size).
+    residual
+        Decode the increment ``z_{i+1} - z_i`` instead of the state itself (the loss is on states
+        either way). The paper decodes states (``False``); increments make the identity flow
+        trivial, which helps when sources are control cells close to their targets.
     finetune
         ``"full"``, ``"lora"`` or ``"frozen"`` (see :func:`~calmflow_sc.module.backbone.apply_finetuning`).
     lora_kwargs
@@ -123,6 +127,7 @@ class CaLMFlowModule(nn.Module):
         path_sigma: float = 0.0,
         vocab_size: int = 64,
         finetune: FinetuneMode = "full",
+        residual: bool = False,
         lora_kwargs: dict[str, Any] | None = None,
         from_pretrained_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -141,6 +146,7 @@ class CaLMFlowModule(nn.Module):
         self.n_time_points = int(n_time_points)
         self.beta = float(beta)
         self.path_sigma = float(path_sigma)
+        self.residual = bool(residual)
 
         base = build_backbone(
             backbone,
@@ -302,6 +308,8 @@ class CaLMFlowModule(nn.Module):
         hidden, _ = self._run_backbone(embeddings, attention_mask, position_ids)
         hidden = hidden[:, mask.shape[1] :].reshape(b, n - 1, p, self.n_spatial_tokens, self.hidden_size)
         states, mu, var = self._decode(hidden, temperature, generator)
+        if self.residual:
+            states = states + inputs
         return CaLMFlowOutput(prediction=states.transpose(1, 2), mu=mu.transpose(1, 2), var=var.transpose(1, 2))
 
     def loss(
@@ -400,7 +408,7 @@ class CaLMFlowModule(nn.Module):
                     hidden, _ = self._run_backbone(embeddings, attention_mask, position_ids)
                 last = hidden[:, -tokens_per_step:].reshape(b, 1, p, self.n_spatial_tokens, self.hidden_size)
                 nxt, _, _ = self._decode(last, temperature, generator)
-                states.append(nxt[:, 0])
+                states.append(nxt[:, 0] + states[-1] if self.residual else nxt[:, 0])
         finally:
             self.train(was_training)
         if return_trajectory:

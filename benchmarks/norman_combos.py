@@ -1,0 +1,193 @@
+"""Unseen perturbation combinations on the Norman 2019 K562 part of the shared data.
+
+Held out together from training (all cells of these conditions):
+  * 5 doubles whose two singles were measured: KLF1+MAP2K6, KLF1+TGFBR2, MAP2K3+MAP2K6,
+    MAP2K3+SLC38A2, MAPK1+TGFBR2 ("both singles seen");
+  * 3 doubles with one single measured: CNN1+MAPK1, SET+KLF1, SGK1+TBX3 ("one single seen").
+CaLMFlow is trained once per source (noise, control) on all other cells (K562 and the three
+glioblastoma lines, context = cell type) and predicts each held-out double with as many cells as
+were measured. Baselines: control cells unchanged, and additive (control + sum of measured single
+shifts, gene space). Metrics (``calmflow_sc.tl.METRICS``) in the 500-gene log-normalised space.
+
+Run: ``python benchmarks/norman_combos.py [--data PATH] [--max-epochs 15] [--seed 0]``
+Writes ``benchmarks/results/norman_combos.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+import scanpy as sc
+import torch
+
+import calmflow_sc as cf
+from calmflow_sc.baselines import additive_baseline, control_baseline
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "norman19_mcfaline23_devel.h5ad"
+BOTH_SEEN = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2", "MAPK1+TGFBR2"]
+ONE_SEEN = ["CNN1+MAPK1", "SET+KLF1", "SGK1+TBX3"]
+KEY, CONTEXT = "condition", {"cell_type": "k562"}
+LOWER_IS_BETTER = {"energy_distance", "mmd"}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("CALMFLOW_DATA", DEFAULT_DATA)))
+    parser.add_argument("--max-epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--backbone", default="gpt-neox-small")
+    parser.add_argument("--n-components", type=int, default=50)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sources", nargs="+", default=["noise", "control"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    adata = sc.read_h5ad(args.data)
+    held = BOTH_SEEN + ONE_SEEN
+    real = adata[adata.obs[KEY].isin([*held, "control"]) & (adata.obs["cell_type"] == "k562")].copy()
+    train_view = adata[~adata.obs[KEY].isin(held)].copy()
+    n_cells = real.obs[KEY].value_counts().to_dict()
+    timings, frames, not_expressible = {}, [], {}
+
+    def score(pred: ad.AnnData, name: str, conditions: list[str]) -> None:
+        frames.append(cf.tl.evaluate(pred, real, KEY, "control", conditions=conditions, model_name=name))
+
+    t0 = time.perf_counter()
+    for baseline, fn in (("control", control_baseline), ("additive", additive_baseline)):
+        preds = [
+            fn(train_view, c, perturbation_key=KEY, context=CONTEXT, n_cells=n_cells[c], seed=args.seed) for c in held
+        ]
+        score(ad.concat(preds, index_unique="-"), baseline, held)
+    timings["baselines_seconds"] = time.perf_counter() - t0
+
+    for source in args.sources:
+        cf.CaLMFlowModel.setup_anndata(adata, perturbation_key=KEY, context_keys=["cell_type"])
+        model = cf.CaLMFlowModel(
+            adata, n_components=args.n_components, backbone=args.backbone, source=source, temperature=args.temperature
+        )
+        t0 = time.perf_counter()
+        model.train(
+            max_epochs=args.max_epochs,
+            batch_size=args.batch_size,
+            held_out={KEY: held},
+            seed=args.seed,
+            enable_progress_bar=False,
+        )
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        preds, predicted = [], []
+        for c in held:
+            try:
+                preds.append(model.predict_perturbation(c, context=CONTEXT, n_cells=n_cells[c], seed=args.seed))
+                predicted.append(c)
+            except ValueError as err:  # a part never seen in training cannot be expressed
+                not_expressible.setdefault(f"calmflow-{source}", {})[c] = str(err).split(";")[0]
+        timings[f"calmflow_{source}"] = {
+            "train_seconds": train_s,
+            "predict_seconds": time.perf_counter() - t0,
+            "final_train_loss": float(model.history["train_loss"].iloc[-1, 0]),
+            "final_validation_loss": float(model.history["validation_loss"].iloc[-1, 0]),
+        }
+        pred = ad.concat(preds, index_unique="-")
+        pred.var_names = real.var_names
+        score(pred, f"calmflow-{source}", predicted)
+
+    table = pd.concat(frames, ignore_index=True)
+    # compare every model on the conditions that all of them could predict
+    common = set.intersection(*(set(t["condition"]) for t in frames))
+    table = table[table["condition"].isin(common)]
+    table["split"] = table["condition"].map(lambda c: "both singles seen" if c in BOTH_SEEN else "one single seen")
+    summary = table.groupby(["split", "model", "metric"], sort=False)["value"].agg(["mean", "median"]).reset_index()
+    results = {
+        "benchmark": "norman_combos",
+        "command": "python benchmarks/norman_combos.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} (CPU)",
+        "seed": args.seed,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "metrics": cf.tl.METRICS,
+        "timings": timings,
+        "not_expressible": not_expressible,
+        "per_condition": table.to_dict("records"),
+        "summary": summary.to_dict("records"),
+    }
+    results["verdict"] = verdict(summary)
+    (args.out / "norman_combos.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    (args.out / "norman_combos.md").write_text(to_markdown(results, table, summary))
+    print((args.out / "norman_combos.md").read_text())
+    return results
+
+
+def verdict(summary: pd.DataFrame) -> dict:
+    """For each CaLMFlow variant and split: does it beat control-unchanged / additive on every metric (means)?"""
+    out = {}
+    for split, part in summary.groupby("split"):
+        means = part.pivot(index="metric", columns="model", values="mean")
+        for model in [m for m in means.columns if m.startswith("calmflow")]:
+            for ref in ("control", "additive"):
+                better = {
+                    metric: bool(means.loc[metric, model] < means.loc[metric, ref])
+                    if metric in LOWER_IS_BETTER
+                    else bool(means.loc[metric, model] > means.loc[metric, ref])
+                    for metric in means.index
+                }
+                out[f"{split} | {model} beats {ref}"] = {"all_metrics": all(better.values()), "per_metric": better}
+    return out
+
+
+def to_markdown(results: dict, table: pd.DataFrame, summary: pd.DataFrame) -> str:
+    lines = [
+        "# Unseen combinations (Norman 2019, K562)",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Machine: {results['machine']}; seed {results['seed']}.  ",
+        f"Settings: {results['settings']}.  ",
+        f"Timings: {json.dumps(results['timings'], default=float)}  ",
+        f"Held-out doubles CaLMFlow cannot express (a part never seen in training): {results['not_expressible']}; "
+        "tables compare all models on the remaining conditions.",
+        "",
+        "Metric definitions: " + "; ".join(f"`{k}`: {v}" for k, v in results["metrics"].items()),
+        "",
+    ]
+    for split, part in summary.groupby("split", sort=False):
+        lines += [f"## {split}: mean (median) across conditions", ""]
+        mean = part.pivot(index="model", columns="metric", values="mean")
+        median = part.pivot(index="model", columns="metric", values="median")
+        cols = list(mean.columns)
+        lines.append("| model | " + " | ".join(cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for model in mean.index:
+            cells = [f"{mean.loc[model, c]:.4f} ({median.loc[model, c]:.4f})" for c in cols]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Verdict (means)", ""]
+    for key, value in results["verdict"].items():
+        lost = [m for m, ok in value["per_metric"].items() if not ok]
+        lines.append(
+            f"- {key}: {'yes' if value['all_metrics'] else 'no'}" + (f" (not on: {', '.join(lost)})" if lost else "")
+        )
+    per = table.pivot_table(index=["condition", "model"], columns="metric", values="value")
+    lines += [
+        "",
+        "## Per condition",
+        "",
+        "| condition | model | " + " | ".join(per.columns) + " |",
+        "|---|---|" + "---|" * len(per.columns),
+    ]
+    lines += [f"| {c} | {m} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for (c, m), row in per.iterrows()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
