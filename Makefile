@@ -17,16 +17,18 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks tutorials
+	$(VENV)/bin/ruff check src tests benchmarks
 
 test: lint
 	$(PY) -m pytest -n 2 --dist loadfile
 
 demo: $(STAMP)
+	@test -f "$(DATA)" || { echo "Data file not found: $(DATA)"; echo "Put norman19_mcfaline23_devel.h5ad in ../shared/data/ or run: make demo DATA=/path/to/file.h5ad"; exit 2; }
 	$(PY) -m calmflow_sc.demo --data "$(DATA)" --out demo_output
 
 bench: $(STAMP)
 	$(PY) benchmarks/toy2d.py
+	$(PY) benchmarks/norman_combos.py --data "$(DATA)"
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache
