@@ -18,10 +18,12 @@ QUIET = dict(enable_progress_bar=False, enable_model_summary=False)
 def synthetic(n_per: int = 20, n_genes: int = 30, seed: int = 0, counts: bool = False) -> ad.AnnData:
     rng = np.random.default_rng(seed)
     conditions = ["control", "A", "B", "A+B", "C"]
-    obs = pd.DataFrame({
-        "condition": np.repeat(conditions, n_per),
-        "cell_type": np.tile(["x", "y"], len(conditions) * n_per // 2),
-    })
+    obs = pd.DataFrame(
+        {
+            "condition": np.repeat(conditions, n_per),
+            "cell_type": np.tile(["x", "y"], len(conditions) * n_per // 2),
+        }
+    )
     x = rng.poisson(3.0, size=(len(obs), n_genes)).astype(np.float32)
     if not counts:
         x = np.log1p(x)
@@ -73,13 +75,17 @@ def test_synthetic_noise_source_generate_and_trajectories(tmp_path):
     model = cf.CaLMFlowModel(adata, **{**SMALL, "n_components": 5})
     model.train(max_epochs=2, batch_size=32, held_out={"condition": ["A+B"]}, seed=0, **QUIET)
     assert "validation_loss" in model.history
-    pred = model.predict_perturbation(["A+B", "B+A"], context=[{"cell_type": "x"}, {"cell_type": "y"}], n_cells=7,
-                                      seed=0)
+    pred = model.predict_perturbation(
+        ["A+B", "B+A"], context=[{"cell_type": "x"}, {"cell_type": "y"}], n_cells=7, seed=0
+    )
     assert pred.n_obs == 14 and list(pred.obs["cell_type"]) == ["x"] * 7 + ["y"] * 7
     traj = model.get_trajectories("A+B", {"cell_type": "x"}, n_cells=5, seed=0)
     assert traj.shape == (5, 4, 5)
-    np.testing.assert_allclose(traj[:, -1], model.predict_perturbation("A+B", {"cell_type": "x"}, n_cells=5,
-                                                                         seed=0).obsm["X_calmflow"], atol=1e-5)
+    np.testing.assert_allclose(
+        traj[:, -1],
+        model.predict_perturbation("A+B", {"cell_type": "x"}, n_cells=5, seed=0).obsm["X_calmflow"],
+        atol=1e-5,
+    )
     gen = model.generate(model.prompts.build("A+B", {"cell_type": "x"}), n_cells=3, seed=1)
     assert gen.n_obs == 3 and "prompt" in gen.obs
     with pytest.raises(ValueError, match="outside the condition vocabulary"):
@@ -153,7 +159,7 @@ def trained():
 
 
 def test_predict_errors(trained):
-    with pytest.raises(ValueError, match="part 'D'.*known parts: 'A', 'B', 'C'"):
+    with pytest.raises(ValueError, match=r"part 'D'.*known parts: 'A', 'B', 'C'"):
         trained.predict_perturbation("A+D", {"cell_type": "x"})
     with pytest.raises(ValueError, match="cell_type='z' was never seen"):
         trained.predict_perturbation("A", {"cell_type": "z"})

@@ -71,8 +71,13 @@ def test_additive_baseline_recovers_known_combination():
     np.testing.assert_allclose(pred.X.mean(axis=0), truth, atol=0.03)
     real = adata[adata.obs["condition"].isin(["A+B", "control"])].copy()
     scores = cf.tl.evaluate(pred, real, "condition", n_top_degs=5, model_name="additive")
-    ctrl = cf.tl.evaluate(control_baseline(train, "A+B", perturbation_key="condition", n_cells=300), real,
-                          "condition", n_top_degs=5, model_name="control")
+    ctrl = cf.tl.evaluate(
+        control_baseline(train, "A+B", perturbation_key="condition", n_cells=300),
+        real,
+        "condition",
+        n_top_degs=5,
+        model_name="control",
+    )
     both = pd.concat([scores, ctrl]).pivot(index="metric", columns="model", values="value")
     assert both.loc["r2_delta_all", "additive"] > 0.95
     assert both.loc["r2_delta_all", "control"] < 0.05
