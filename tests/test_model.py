@@ -202,3 +202,16 @@ def test_save_overwrite_is_atomic_and_load_attaches_adata(trained, tmp_path):
     loaded = cf.CaLMFlowModel.load(tmp_path / "m", adata=adata)
     assert loaded.adata is adata
     loaded.train(max_steps=1, batch_size=32, seed=0, **QUIET)
+
+
+def test_control_source_keeps_the_source_cells_residual(trained):
+    controls = trained.adata[trained.adata.obs["condition"] == "control"][:5]
+    kept = trained.predict_perturbation("A", {"cell_type": "x"}, source=controls, seed=0)
+    plain = trained.predict_perturbation("A", {"cell_type": "x"}, source=controls, seed=0, keep_source_residual=False)
+    np.testing.assert_allclose(kept.obsm["X_calmflow"], plain.obsm["X_calmflow"])
+    residual = trained._representation.residual(controls.X)
+    both_positive = (kept.X > 0) & (plain.X > 0)
+    np.testing.assert_allclose((kept.X - plain.X)[both_positive], residual[both_positive], atol=1e-4)
+    assert kept.uns["calmflow"]["keep_source_residual"] and not plain.uns["calmflow"]["keep_source_residual"]
+    noise = trained.predict_perturbation("A", {"cell_type": "x"}, n_cells=3, source="noise", seed=0)
+    assert not noise.uns["calmflow"]["keep_source_residual"]

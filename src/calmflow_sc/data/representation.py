@@ -97,6 +97,21 @@ class PCARepresentation:
         x = (np.asarray(z, dtype=np.float32) * self.scale) @ self.components + self.mean
         return np.clip(x, 0.0, None) if clip else x
 
+    def residual(self, x: np.ndarray | sp.spmatrix) -> np.ndarray:
+        """Part of expression outside the PCA subspace: ``x - inverse_transform(transform(x))``.
+
+        Parameters
+        ----------
+        x
+            Log-normalised expression ``(n, G)``.
+
+        Returns
+        -------
+        Dense residuals ``(n, G)``, float32.
+        """
+        dense = x.toarray() if sp.issparse(x) else np.asarray(x)
+        return (dense - self.inverse_transform(self.transform(x), clip=False)).astype(np.float32)
+
     def to_coordinates(self, z: np.ndarray) -> np.ndarray:
         """Undo the global scale: plain PCA coordinates for ``obsm``.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,18 @@ from calmflow_sc.module import BACKBONE_PRESETS, CaLMFlowModule
 logger = logging.getLogger(__name__)
 
 Source = Literal["noise", "control"]
+
+
+class _SourceDraw(NamedTuple):
+    """Sources of one prediction request."""
+
+    perturbation: str
+    context: dict[str, str]
+    coordinates: torch.Tensor
+    names: np.ndarray | None
+    residuals: np.ndarray | None
+
+
 OBSM_KEY = "X_calmflow"
 UNS_KEY = "calmflow"
 
@@ -312,11 +324,6 @@ class CaLMFlowModel(BaseModelClass):
         for chunk in iter_row_chunks(matrix, rows):
             yield log_normalize(chunk) if self.normalize_counts_ else chunk
 
-    def _project(self, adata: AnnData, rows: np.ndarray) -> np.ndarray:
-        rep = self._representation
-        parts = [rep.transform(chunk) for chunk in self._log_normalized_rows(adata, rows)]
-        return np.concatenate(parts) if parts else np.zeros((0, rep.n_components), np.float32)
-
     @property
     def _representation(self) -> PCARepresentation:
         if self.representation_ is None:
@@ -492,12 +499,14 @@ class CaLMFlowModel(BaseModelClass):
             "conditions": held_obs.to_dict("records"),
         }
         ctrl_rows = fit_rows[perts[fit_rows] == self.control_value_]
-        if self.control_pool_ is None or self.source == "control":
-            self.control_pool_ = {
-                "coordinates": self._project(adata, ctrl_rows),
-                "contexts": self._obs_context_index(obs.iloc[ctrl_rows]),
-                "obs_names": np.asarray(adata.obs_names[ctrl_rows]).astype(str),
-            }
+        rep = self._representation
+        chunks = list(self._log_normalized_rows(adata, ctrl_rows))
+        self.control_pool_ = {
+            "coordinates": np.concatenate([rep.transform(c) for c in chunks]),
+            "residuals": np.concatenate([rep.residual(c) for c in chunks]),
+            "contexts": self._obs_context_index(obs.iloc[ctrl_rows]),
+            "obs_names": np.asarray(adata.obs_names[ctrl_rows]).astype(str),
+        }
 
     # ============================================================== prediction
     def _check_trained(self) -> None:
@@ -587,7 +596,7 @@ class CaLMFlowModel(BaseModelClass):
         n_cells: int,
         source: str | AnnData | None,
         generator: torch.Generator,
-    ) -> tuple[list[tuple[str, dict[str, str], torch.Tensor, np.ndarray | None]], str]:
+    ) -> tuple[list[_SourceDraw], str]:
         """Source states per request: noise, sampled controls or given control cells."""
         source = self.source if source is None else source
         d = self.module.n_features
@@ -596,25 +605,29 @@ class CaLMFlowModel(BaseModelClass):
         )
         out = []
         if isinstance(source, AnnData):
-            z, names = self._source_cells(source)
-            return [(pert, ctx, torch.as_tensor(z), names) for pert, ctx in requests], "given cells"
+            z, residuals, names = self._source_cells(source)
+            return [
+                _SourceDraw(pert, ctx, torch.as_tensor(z), names, residuals) for pert, ctx in requests
+            ], "given cells"
         if source == "noise":
             for pert, ctx in requests:
-                out.append((pert, ctx, torch.randn(n_cells, d, generator=cpu_gen), None))
+                out.append(_SourceDraw(pert, ctx, torch.randn(n_cells, d, generator=cpu_gen), None, None))
             return out, "noise"
         if source != "control":
             raise ValueError(f"source must be 'noise', 'control' or an AnnData of control cells, got {source!r}.")
         pool = ControlPool(self.control_pool_["coordinates"], self.control_pool_["contexts"])
-        names = np.asarray(self.control_pool_["obs_names"])[np.argsort(self.control_pool_["contexts"], kind="stable")]
+        order = np.argsort(self.control_pool_["contexts"], kind="stable")  # the pool's own order
+        names = np.asarray(self.control_pool_["obs_names"])[order]
+        residuals = np.asarray(self.control_pool_["residuals"])[order]
         for pert, ctx in requests:
             index = self._context_index(ctx) if self.context_keys_ else 0
             if pool.available(index) == 0:
                 raise ValueError(f"no training control cells in context {ctx}; use source='noise'.")
             coords, idx = pool.sample(torch.full((n_cells,), index, dtype=torch.long), generator=cpu_gen)
-            out.append((pert, ctx, coords, names[idx.numpy()]))
+            out.append(_SourceDraw(pert, ctx, coords, names[idx.numpy()], residuals[idx.numpy()]))
         return out, "control"
 
-    def _source_cells(self, cells: AnnData) -> tuple[np.ndarray, np.ndarray]:
+    def _source_cells(self, cells: AnnData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         missing = pd.Index(self.var_names_).difference(cells.var_names.astype(str))
         if len(missing):
             raise ValueError(f"source AnnData lacks {len(missing)} of the model's genes: {_preview(missing)}.")
@@ -622,10 +635,12 @@ class CaLMFlowModel(BaseModelClass):
         matrix = ordered.X
         rows = np.arange(ordered.n_obs)
         rep = self._representation
-        chunks = [
-            rep.transform(log_normalize(c) if self.normalize_counts_ else c) for c in iter_row_chunks(matrix, rows)
-        ]
-        return np.concatenate(chunks), np.asarray(cells.obs_names.astype(str))
+        chunks = [log_normalize(c) if self.normalize_counts_ else c for c in iter_row_chunks(matrix, rows)]
+        return (
+            np.concatenate([rep.transform(c) for c in chunks]),
+            np.concatenate([rep.residual(c) for c in chunks]),
+            np.asarray(cells.obs_names.astype(str)),
+        )
 
     def predict_perturbation(
         self,
@@ -637,6 +652,7 @@ class CaLMFlowModel(BaseModelClass):
         n_trajectories: int | None = None,
         seed: int | None = None,
         batch_size: int = 1024,
+        keep_source_residual: bool = True,
     ) -> AnnData:
         """Generate cells under perturbations, including combinations never measured.
 
@@ -662,6 +678,10 @@ class CaLMFlowModel(BaseModelClass):
             Random seed; recorded in ``uns['calmflow']``. Same seed, same cells.
         batch_size
             Cells rolled out at once.
+        keep_source_residual
+            For control-cell sources, keep each source cell's expression outside the model's PCA
+            subspace (``x - inverse(project(x))``) in its prediction: the model changes the PCA
+            part, the rest of the real cell is carried over. Ignored for noise sources.
 
         Returns
         -------
@@ -682,8 +702,8 @@ class CaLMFlowModel(BaseModelClass):
             raise ValueError(f"n_trajectories must be >= 1, got {n_trajectories}.")
         generator, seed = self._generator(seed)
         per_request, source_name = self._sources(requests, int(n_cells), source, generator)
-        finals, obs_rows, source_names = [], [], []
-        for pert, ctx, x0, names in per_request:
+        finals, obs_rows, source_names, residuals = [], [], [], []
+        for pert, ctx, x0, names, residual in per_request:
             n = x0.shape[0]
             n_seq = -(-n // p)
             padded = torch.cat([x0, x0[: n_seq * p - n]]) if n_seq * p > n else x0
@@ -699,7 +719,9 @@ class CaLMFlowModel(BaseModelClass):
             finals.append(z.reshape(n_seq * p, -1)[:n].numpy())
             obs_rows += [{self.perturbation_key_: pert, **ctx}] * n
             source_names.append(names if names is not None else np.full(n, "", dtype=object))
+            residuals.append(residual)
         z = np.concatenate(finals)
+        keep = keep_source_residual and all(r is not None for r in residuals)
         obs = pd.DataFrame(obs_rows)
         if any(len(s) for s in source_names) and source_name != "noise":
             obs["source_cell"] = np.concatenate(source_names)
@@ -711,10 +733,14 @@ class CaLMFlowModel(BaseModelClass):
                 "seed": seed,
                 "source": source_name,
                 "n_trajectories": p,
+                "keep_source_residual": keep,
             },
+            residual=np.concatenate(residuals) if keep else None,
         )
 
-    def _to_anndata(self, z: np.ndarray, obs: pd.DataFrame, info: dict[str, Any]) -> AnnData:
+    def _to_anndata(
+        self, z: np.ndarray, obs: pd.DataFrame, info: dict[str, Any], residual: np.ndarray | None = None
+    ) -> AnnData:
         rep = self._representation
         obs = obs.copy()
         obs["generated"] = True
@@ -723,7 +749,9 @@ class CaLMFlowModel(BaseModelClass):
                 obs[column] = pd.Categorical(obs[column].astype(str))
         obs.index = pd.Index([f"generated-{i}" for i in range(len(obs))])
         out = AnnData(
-            X=rep.inverse_transform(z),
+            X=rep.inverse_transform(z)
+            if residual is None
+            else np.clip(rep.inverse_transform(z, clip=False) + residual, 0.0, None),
             obs=obs,
             var=pd.DataFrame(index=pd.Index(self.var_names_, name=None)),
         )
@@ -833,7 +861,7 @@ class CaLMFlowModel(BaseModelClass):
             raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}.")
         temperature = self.temperature if temperature is None else float(temperature)
         generator, _ = self._generator(seed)
-        [(pert, ctx, x0, _)], _ = self._sources(requests, int(n_cells), source, generator)
+        [(pert, ctx, x0, _, _)], _ = self._sources(requests, int(n_cells), source, generator)
         p = self.module.n_trajectories
         n_seq = -(-n_cells // p)
         padded = torch.cat([x0, x0[: n_seq * p - n_cells]]) if n_seq * p > n_cells else x0
