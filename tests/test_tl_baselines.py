@@ -98,3 +98,20 @@ def test_top_degs_find_the_shifted_genes():
     real = adata[adata.obs["condition"] == "A"]
     control = adata[adata.obs["condition"] == "control"]
     assert set(cf.tl.top_degs(real, control, 5)) == {f"{i}" for i in range(5)}
+
+
+@pytest.mark.parametrize("source", ["control", "noise"])
+def test_cfm_baseline_learns_an_unseen_combination(source):
+    from calmflow_sc.baselines import CFMBaseline
+
+    adata, shifts = screen()
+    train = adata[adata.obs["condition"] != "A+B"].copy()
+    model = CFMBaseline(train, perturbation_key="condition", n_components=8, source=source, hidden=128, n_layers=3)
+    model.train(max_steps=600, batch_size=128)
+    assert np.mean(model.history[-50:]) < np.mean(model.history[:50])
+    pred = model.predict_perturbation("A+B", n_cells=200)
+    truth = 2.0 + shifts["A"] + shifts["B"]
+    control_error = np.abs(2.0 - truth).mean()
+    assert np.abs(pred.X.mean(axis=0) - truth).mean() < 0.5 * control_error
+    with pytest.raises(ValueError, match="never seen"):
+        model.predict_perturbation("A+Z", n_cells=2)
