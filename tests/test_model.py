@@ -215,3 +215,20 @@ def test_control_source_keeps_the_source_cells_residual(trained):
     assert kept.uns["calmflow"]["keep_source_residual"] and not plain.uns["calmflow"]["keep_source_residual"]
     noise = trained.predict_perturbation("A", {"cell_type": "x"}, n_cells=3, source="noise", seed=0)
     assert not noise.uns["calmflow"]["keep_source_residual"]
+
+
+def test_existing_pca_from_obsm():
+    import scanpy as sc
+
+    adata = synthetic()
+    sc.pp.pca(adata, n_comps=6)
+    cf.CaLMFlowModel.setup_anndata(adata, perturbation_key="condition")
+    model = cf.CaLMFlowModel(adata, representation_key="X_pca", **{**SMALL, "n_components": 99})
+    assert model.module.n_features == 6
+    model.train(max_steps=1, batch_size=32, seed=0, **QUIET)
+    np.testing.assert_allclose(model._representation.components, adata.varm["PCs"].T, atol=1e-6)
+    with pytest.raises(KeyError, match="X_umap"):
+        cf.CaLMFlowModel(adata, representation_key="X_umap", **SMALL)
+    del adata.varm["PCs"]
+    with pytest.raises(KeyError, match="varm\\['PCs'\\]"):
+        cf.CaLMFlowModel(adata, representation_key="X_pca", **SMALL)

@@ -27,8 +27,8 @@ class PCARepresentation:
     """
 
     def __init__(self, mean: np.ndarray, components: np.ndarray, scale: float) -> None:
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.components = np.asarray(components, dtype=np.float32)
+        self.mean = np.ascontiguousarray(mean, dtype=np.float32)
+        self.components = np.ascontiguousarray(components, dtype=np.float32)
         self.scale = float(scale)
         if self.components.shape[1] != self.mean.shape[0]:
             raise ValueError(f"components {self.components.shape} do not match mean of {self.mean.shape[0]} genes.")

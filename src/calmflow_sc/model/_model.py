@@ -97,6 +97,10 @@ class CaLMFlowModel(BaseModelClass):
         LoRA options (``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``target_modules``).
     from_pretrained_kwargs
         Extra arguments for ``from_pretrained`` of a pretrained backbone and its tokenizer.
+    representation_key
+        Use an existing PCA instead of fitting one: an ``obsm`` key (e.g. ``"X_pca"`` from
+        ``sc.pp.pca``) whose loadings are in ``adata.varm["PCs"]``; ``n_components`` is then taken
+        from it. The per-gene mean is recomputed on the training cells.
     registry
         A saved registry to build the model without AnnData (used by :meth:`load`).
     tokenizer
@@ -134,6 +138,7 @@ class CaLMFlowModel(BaseModelClass):
         residual: bool = True,
         lora_kwargs: dict[str, Any] | None = None,
         from_pretrained_kwargs: dict[str, Any] | None = None,
+        representation_key: str | None = None,
         registry: dict | None = None,
         tokenizer: Any = None,
         **module_kwargs: Any,
@@ -155,6 +160,9 @@ class CaLMFlowModel(BaseModelClass):
         ]
         mappings = self._state_registry(CONTEXT_KEY).get("mappings", {}) if self.context_keys_ else {}
         self.context_categories_: dict[str, list[str]] = {k: [str(v) for v in mappings[k]] for k in self.context_keys_}
+        self.representation_key = representation_key
+        if registry is None and representation_key is not None:
+            n_components = self._check_representation_key(self.adata, representation_key)
         if registry is None:
             self.var_names_ = np.asarray(self.adata.var_names.astype(str))
             matrix = self._expression_matrix(self.adata)
@@ -271,6 +279,33 @@ class CaLMFlowModel(BaseModelClass):
     def _expression_matrix(self, adata: AnnData):
         layer = self.registry_["setup_args"]["layer"]
         return adata.X if layer is None else adata.layers[layer]
+
+    @staticmethod
+    def _check_representation_key(adata: AnnData, key: str) -> int:
+        if key not in adata.obsm:
+            raise KeyError(f"representation_key={key!r} is not in adata.obsm; available: {_preview(list(adata.obsm))}.")
+        if "PCs" not in adata.varm:
+            raise KeyError(
+                f"representation_key={key!r} needs its loadings in adata.varm['PCs'] (as written by sc.pp.pca) "
+                "to map generated cells back to genes."
+            )
+        loadings = adata.varm["PCs"]
+        if loadings.shape[1] != adata.obsm[key].shape[1]:
+            raise ValueError(
+                f"adata.varm['PCs'] has {loadings.shape[1]} components but adata.obsm[{key!r}] has "
+                f"{adata.obsm[key].shape[1]}."
+            )
+        return int(loadings.shape[1])
+
+    def _representation_from_loadings(self, adata: AnnData, rows: np.ndarray) -> PCARepresentation:
+        components = np.asarray(adata.varm["PCs"], dtype=np.float32).T
+        total, n = np.zeros(adata.n_vars, dtype=np.float64), 0
+        for chunk in self._log_normalized_rows(adata, rows):
+            total += np.asarray(chunk.sum(axis=0)).ravel()
+            n += chunk.shape[0]
+        unscaled = PCARepresentation(total / max(n, 1), components, 1.0)
+        coords = np.concatenate([unscaled.transform(c) for c in self._log_normalized_rows(adata, rows)])
+        return PCARepresentation(unscaled.mean, components, float(np.sqrt(coords.var(axis=0).mean())))
 
     def _make_tokenizer(self, backbone, from_pretrained_kwargs):
         if not self.pretrained_backbone_:
@@ -412,6 +447,9 @@ class CaLMFlowModel(BaseModelClass):
         if self.source == "control":
             self._check_controls_per_context(adata, ~mask)
 
+        if self.representation_ is None and self.representation_key is not None:
+            self._check_representation_key(adata, self.representation_key)
+            self.representation_ = self._representation_from_loadings(adata, fit_rows).state_dict()
         if self.representation_ is None:
             logger.info("fitting the %d-component PCA on %d training cells", self.module.n_features, len(fit_rows))
             matrix = (
