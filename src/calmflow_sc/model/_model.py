@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import signal
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -12,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
+from lightning.pytorch.trainer.states import TrainerStatus
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalJointObsField, CategoricalObsField, LayerField
@@ -516,8 +519,23 @@ class CaLMFlowModel(BaseModelClass):
             early_stopping_patience=early_stopping_patience,
             **trainer_kwargs,
         )
-        runner()
-        self.module.eval()
+        try:
+            runner()
+        except SystemExit:
+            # Lightning turns Ctrl+C into SystemExit(1) after a graceful shutdown and ignores SIGINT
+            # from then on; restore the handler and keep the model trained so far.
+            if runner.trainer.state.status != TrainerStatus.INTERRUPTED:
+                raise
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            warnings.warn(
+                f"training interrupted at epoch {runner.trainer.current_epoch}, step {runner.trainer.global_step}; "
+                "the model keeps the weights and history so far and can predict.",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.is_trained_ = True
+        finally:
+            self.module.eval()
 
     def _record_training_conditions(self, fit_rows: np.ndarray, mask: np.ndarray, held_out) -> None:
         adata, obs = self.adata, self.adata.obs

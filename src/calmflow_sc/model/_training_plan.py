@@ -144,9 +144,12 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         """One optimisation step on a minibatch of cells."""
         out, n_seq = self._batch_loss(batch)
         if not torch.isfinite(out.loss):
+            restored = self._restore_last_good()
             raise FloatingPointError(
-                f"non-finite training loss ({out.loss.item()}) at step {self.global_step}: "
-                "try a lower learning rate (lr) or check the data."
+                f"non-finite training loss ({out.loss.item()}) at step {self.global_step}, epoch "
+                f"{self.current_epoch}; training stopped. The model keeps "
+                + ("the weights of the last finished epoch" if restored else "the weights before this step")
+                + ". Try a lower learning rate (lr) or check the data."
             )
         self._log_parts(out, n_seq, "train")
         return out.loss
@@ -159,9 +162,29 @@ class CaLMFlowTrainingPlan(TrainingPlan):
     def on_train_start(self) -> None:
         """Put the module in training mode (a loaded model starts in evaluation mode)."""
         self.module.train()
+        self._snapshot_last_good()
+
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def _snapshot_last_good(self) -> None:
+        """Keep a CPU copy of the trainable weights (at the start and after every epoch)."""
+        self._last_good = {n: p.detach().to("cpu", copy=True) for n, p in self._trainable().items()}
+
+    def _restore_last_good(self) -> bool:
+        """Put back the last good weights if the current ones are not finite; return whether it did."""
+        params = self._trainable()
+        if all(torch.isfinite(p).all() for p in params.values()):
+            return False
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(self._last_good[name].to(param.device))
+        return True
 
     def on_train_epoch_end(self) -> None:
-        """Nothing extra: metrics are logged per step (scvi's ELBO metrics are unused)."""
+        """Remember the weights of the finished epoch (scvi's ELBO metrics are unused)."""
+        if all(torch.isfinite(p).all() for p in self._trainable().values()):
+            self._snapshot_last_good()
 
     def on_validation_epoch_end(self) -> None:
         """Nothing extra: metrics are logged per step (scvi's ELBO metrics are unused)."""
