@@ -242,6 +242,16 @@ class CaLMFlowModel(BaseModelClass):
         setup_method_args = cls._get_setup_method_args(**locals())
         if not isinstance(adata, AnnData):
             raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
+        if adata.is_view:
+            raise ValueError(
+                "adata is a view (e.g. adata[mask]); setup registers keys on the object, so pass a copy: "
+                "adata = adata[mask].copy()."
+            )
+        if adata.isbacked:
+            raise ValueError(
+                f"adata is backed (opened with backed='r' from {adata.filename}); backed mode is not supported "
+                "yet: load it into memory with adata = adata.to_memory()."
+            )
         if not isinstance(combination_delimiter, str) or not combination_delimiter.strip():
             raise ValueError(f"combination_delimiter must be a non-blank string, got {combination_delimiter!r}.")
         if not isinstance(control_value, str) or not control_value.strip():

@@ -210,7 +210,7 @@ class CaLMFlowModule(nn.Module):
     def _run_backbone(
         self,
         embeddings: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         past_key_values: Any = None,
         use_cache: bool = False,
@@ -418,11 +418,13 @@ class CaLMFlowModule(nn.Module):
     # ------------------------------------------------------------------ internals
     def _masks_and_positions(
         self, prompt_mask: torch.Tensor, n_flow_total: int, *, start: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Attention mask over prompt + flow tokens ``[0, n_flow_total)`` and position ids.
 
         Position ids count real prompt tokens only, so left padding never shifts the positions
         of flow tokens. Returned positions cover the prompt plus flow tokens ``[start, n_flow_total)``.
+        Without padding the mask is ``None``, so the backbone can use its plain causal attention
+        path (no explicit 4-D mask).
         """
         b = prompt_mask.shape[0]
         device = prompt_mask.device
@@ -431,6 +433,8 @@ class CaLMFlowModule(nn.Module):
         prompt_len = prompt_mask.sum(dim=1, keepdim=True)
         prompt_pos = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
         flow_pos = prompt_len + torch.arange(start, n_flow_total, device=device).unsqueeze(0)
+        if bool(prompt_mask.all()):
+            attention_mask = None
         return attention_mask, torch.cat([prompt_pos, flow_pos], dim=1)
 
     def _check_paths(self, paths: torch.Tensor) -> None:
