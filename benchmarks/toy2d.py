@@ -224,7 +224,8 @@ def to_markdown(results: dict) -> str:
         f"CaLMFlow: {results['calmflow_settings']}.  ",
         f"CFM: {results['cfm_settings']}.",
         "",
-        "| task | noise floor W2 | CaLMFlow W2 (x floor) | CFM W2 (x floor) | CaLMFlow / CFM | CaLMFlow steps | CFM steps |",
+        "| task | noise floor W2 | CaLMFlow W2 (x floor) | CFM W2 (x floor) | CaLMFlow / CFM "
+        "| CaLMFlow steps | CFM steps |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, t in results["tasks"].items():

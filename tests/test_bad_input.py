@@ -39,7 +39,7 @@ def test_views_and_backed_are_refused_clearly(tmp_path):
         cf.CaLMFlowModel.setup_anndata(adata[adata.obs["cell_type"] == "x"], perturbation_key="condition")
     adata.write_h5ad(tmp_path / "a.h5ad")
     backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
-    with pytest.raises(ValueError, match="backed.*to_memory"):
+    with pytest.raises(ValueError, match=r"backed.*to_memory"):
         cf.CaLMFlowModel.setup_anndata(backed, perturbation_key="condition")
 
 
