@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--backbone", default="gpt-neox-small")
     parser.add_argument("--n-components", type=int, default=50)
+    parser.add_argument("--beta", type=float, default=0.3, help="KL weight (the model's default, the paper's value)")
     parser.add_argument(
         "--temperatures",
         type=float,
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     for source in args.sources:
         cf.CaLMFlowModel.setup_anndata(adata, perturbation_key=KEY, context_keys=["cell_type"])
-        model = cf.CaLMFlowModel(adata, n_components=args.n_components, backbone=args.backbone, source=source)
+        model = cf.CaLMFlowModel(
+            adata, n_components=args.n_components, backbone=args.backbone, source=source, beta=args.beta
+        )
         t0 = time.perf_counter()
         model.train(
             max_epochs=args.max_epochs,

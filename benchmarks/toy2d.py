@@ -27,7 +27,7 @@ import torch
 
 from calmflow_sc.baselines import VelocityField, cfm_loss, cfm_sample
 from calmflow_sc.datasets import eight_gaussians, standard_normal, two_moons
-from calmflow_sc.module import CaLMFlowModule
+from calmflow_sc.module import CaLMFlowModule, minibatch_ot_permutation
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = {
@@ -71,9 +71,11 @@ def train_calmflow(sample_source, sample_target, budget: float, seed: int, args)
     while (elapsed := time.perf_counter() - start) < budget:
         set_lr(opt, args.lr * lr_factor(elapsed, budget, steps))
         b = args.batch_size // args.p
-        x0 = torch.from_numpy(sample_source(b * args.p, rng)).view(b, args.p, 2)
-        x1 = torch.from_numpy(sample_target(b * args.p, rng)).view(b, args.p, 2)
-        out = module.loss(x0, x1)
+        x0 = torch.from_numpy(sample_source(b * args.p, rng))
+        x1 = torch.from_numpy(sample_target(b * args.p, rng))
+        if args.pairing == "ot":
+            x0 = x0[minibatch_ot_permutation(x0, x1)]
+        out = module.loss(x0.view(b, args.p, 2), x1.view(b, args.p, 2))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
@@ -87,6 +89,16 @@ def train_calmflow(sample_source, sample_target, budget: float, seed: int, args)
     }
 
 
+def generate(module: CaLMFlowModule, x0: np.ndarray, temperature: float, args) -> np.ndarray:
+    """Roll out CaLMFlow from sources ``x0`` in sequences of P (the last one padded with repeats)."""
+    p = args.p
+    n_seq = int(np.ceil(len(x0) / p))
+    padded = np.concatenate([x0, x0[: n_seq * p - len(x0)]])
+    gen = torch.Generator().manual_seed(args.seed)
+    out = module.sample(torch.from_numpy(padded).view(n_seq, p, 2), temperature=temperature, generator=gen)
+    return out.reshape(-1, 2)[: len(x0)].numpy()
+
+
 def train_cfm(sample_source, sample_target, budget: float, seed: int, args) -> tuple[VelocityField, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -97,7 +109,7 @@ def train_cfm(sample_source, sample_target, budget: float, seed: int, args) -> t
         set_lr(opt, args.cfm_lr * lr_factor(elapsed, budget, steps))
         x0 = torch.from_numpy(sample_source(args.batch_size, rng))
         x1 = torch.from_numpy(sample_target(args.batch_size, rng))
-        loss = cfm_loss(field, x0, x1, ot_pairing=args.ot_cfm)
+        loss = cfm_loss(field, x0, x1, ot_pairing=args.pairing == "ot")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -122,15 +134,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--beta", type=float, default=0.001)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.25, 0.5, 1.0],
+        help="sampling temperatures; the one with the lowest W2 on a validation draw is used on the test draw",
+    )
     parser.add_argument("--cfm-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--pairing",
+        choices=["independent", "ot"],
+        default="ot",
+        help="pairing of sources and targets in a minibatch, for both models (the paper: independent for CaLMFlow)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=2,
         help="torch CPU threads (use 1 when the cores are shared: oversubscription slows these small models badly)",
     )
-    parser.add_argument("--ot-cfm", action="store_true", help="minibatch-OT pairing for the CFM baseline")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
@@ -149,15 +173,16 @@ def main(argv: list[str] | None = None) -> dict:
             "P": args.p,
             "N": args.n,
             "beta": args.beta,
-            "temperature": args.temperature,
+            "temperatures": args.temperatures,
             "batch_size": args.batch_size,
             "lr": args.lr,
             "schedule": "50-step linear warm-up, cosine decay to 5% over the time budget",
+            "pairing": args.pairing,
         },
         "cfm_settings": {
             "hidden": 256,
             "layers": 3,
-            "ot_pairing": args.ot_cfm,
+            "pairing": args.pairing,
             "batch_size": args.batch_size,
             "lr": args.cfm_lr,
             "schedule": "same as CaLMFlow",
@@ -168,23 +193,24 @@ def main(argv: list[str] | None = None) -> dict:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     wall0 = time.perf_counter()
-    for name, (source, target) in TASKS.items():
+    for name in args.tasks:
+        source, target = TASKS[name]
         eval_rng = np.random.default_rng(args.seed + 1000)
         floor = w2(target(args.n_eval, eval_rng), target(args.n_eval, eval_rng))
         real = target(args.n_eval, eval_rng)
         x0_eval = source(args.n_eval, eval_rng)
 
         module, cal_info = train_calmflow(source, target, args.budget, args.seed, args)
+
+        # temperature chosen on a validation draw (fresh sources and targets), never on the test draw
+        val_rng = np.random.default_rng(args.seed + 2000)
+        x0_val, real_val = source(args.n_eval, val_rng), target(args.n_eval, val_rng)
+        val_w2 = {t: w2(generate(module, x0_val, t, args), real_val) for t in args.temperatures}
+        best_t = min(val_w2, key=val_w2.get)
+        cal_info["validation_w2_by_temperature"] = val_w2
+        cal_info["temperature"] = best_t
         t0 = time.perf_counter()
-        p = args.p
-        n_seq = int(np.ceil(args.n_eval / p))
-        x0_pad = np.concatenate([x0_eval, source(n_seq * p - args.n_eval, eval_rng)])
-        gen = torch.Generator().manual_seed(args.seed)
-        cal = (
-            module.sample(torch.from_numpy(x0_pad).view(n_seq, p, 2), temperature=args.temperature, generator=gen)
-            .reshape(-1, 2)[: args.n_eval]
-            .numpy()
-        )
+        cal = generate(module, x0_eval, best_t, args)
         cal_info["sample_seconds"] = time.perf_counter() - t0
         cal_w2 = w2(cal, real)
 
@@ -225,14 +251,14 @@ def to_markdown(results: dict) -> str:
         f"CFM: {results['cfm_settings']}.",
         "",
         "| task | noise floor W2 | CaLMFlow W2 (x floor) | CFM W2 (x floor) | CaLMFlow / CFM "
-        "| CaLMFlow steps | CFM steps |",
+        "| CaLMFlow steps (temperature) | CFM steps |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, t in results["tasks"].items():
         lines.append(
             f"| {name} | {t['noise_floor_w2']:.3f} | {t['calmflow_w2']:.3f} ({t['calmflow_over_floor']:.2f}x) | "
             f"{t['cfm_w2']:.3f} ({t['cfm_over_floor']:.2f}x) | {t['calmflow_over_cfm']:.2f} | "
-            f"{t['calmflow']['steps']} | {t['cfm']['steps']} |"
+            f"{t['calmflow']['steps']} (T={t['calmflow']['temperature']:g}) | {t['cfm']['steps']} |"
         )
     lines += ["", f"Target (CaLMFlow W2 <= 2x noise floor on both tasks) met: **{results['target_met']}**.", ""]
     return "\n".join(lines)

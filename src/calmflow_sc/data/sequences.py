@@ -48,6 +48,30 @@ def group_into_sequences(
     return torch.cat(groups).to(keys.device)
 
 
+def pair_within_groups(sources: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Re-pair sources to targets by exact minibatch OT within each group of sequences.
+
+    Parameters
+    ----------
+    sources, targets
+        Sequences ``(S, P, D)``.
+    groups
+        Group (condition or context) of each sequence ``(S,)``; sources never cross groups.
+
+    Returns
+    -------
+    Sources permuted within groups, same shape.
+    """
+    s, p, d = targets.shape
+    per_row = groups.unsqueeze(1).expand(s, p).reshape(-1)
+    flat_src, flat_tgt = sources.reshape(-1, d), targets.reshape(-1, d)
+    out = flat_src.clone()
+    for group in torch.unique(per_row):
+        rows = torch.nonzero(per_row == group).squeeze(1)
+        out[rows] = flat_src[rows][minibatch_ot_permutation(flat_src[rows], flat_tgt[rows])]
+    return out.view(s, p, d)
+
+
 class ControlPool:
     """Control cells in representation space, indexed by context, to start flows from.
 
@@ -123,17 +147,11 @@ class ControlPool:
         -------
         Sources of the same shape as ``targets``.
         """
-        s, p, d = targets.shape
+        s, p, _ = targets.shape
         per_row = contexts.unsqueeze(1).expand(s, p)
         sources, _ = self.sample(per_row, generator=generator)
         if pairing == "random":
             return sources
         if pairing != "ot":
             raise ValueError(f"pairing must be 'random' or 'ot', got {pairing!r}.")
-        flat_src, flat_tgt, flat_ctx = sources.reshape(-1, d), targets.reshape(-1, d), per_row.reshape(-1)
-        out = flat_src.clone()
-        for context in torch.unique(flat_ctx):
-            rows = torch.nonzero(flat_ctx == context).squeeze(1)
-            perm = minibatch_ot_permutation(flat_src[rows], flat_tgt[rows])
-            out[rows] = flat_src[rows][perm]
-        return out.view(s, p, d)
+        return pair_within_groups(sources, targets, contexts)

@@ -80,7 +80,11 @@ class CaLMFlowModel(BaseModelClass):
         Where flows start: ``"noise"`` (the paper) or ``"control"`` (a control cell of the same
         context, so predictions are counterfactuals of real cells).
     pairing
-        For ``source="control"``: ``"random"`` or minibatch optimal-transport (``"ot"``) pairing.
+        Pairing of sources with targets in a minibatch: minibatch optimal transport (``"ot"``: noise
+        within each condition, control cells within each context) or ``"random"`` (the paper).
+        Teacher forcing on a straight path reveals its target after one step, so with random pairing
+        the first step must guess the target and collapses towards the mean; OT pairing makes the
+        target predictable from the source (see ``benchmarks/results/toy2d.md``).
     n_spatial_tokens
         ``K``, tokens per state.
     n_trajectories
@@ -131,7 +135,7 @@ class CaLMFlowModel(BaseModelClass):
         backbone: str = "gpt-neox-small",
         source: Source = "noise",
         *,
-        pairing: Pairing = "random",
+        pairing: Pairing = "ot",
         n_spatial_tokens: int = 1,
         n_trajectories: int = 4,
         n_time_points: int = 16,

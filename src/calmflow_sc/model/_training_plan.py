@@ -9,7 +9,7 @@ from scvi import REGISTRY_KEYS
 from scvi.train import TrainingPlan
 
 from calmflow_sc.data.expression import TARGET_SUM
-from calmflow_sc.data.sequences import ControlPool, Pairing, group_into_sequences
+from calmflow_sc.data.sequences import ControlPool, Pairing, group_into_sequences, pair_within_groups
 from calmflow_sc.module import CaLMFlowModule
 
 PERTURBATION_KEY = "perturbation"
@@ -41,7 +41,8 @@ class CaLMFlowTrainingPlan(TrainingPlan):
     control_pool
         Control cells by context (required for ``source="control"``).
     pairing
-        Pairing of control sources with targets: ``"random"`` or ``"ot"``.
+        Pairing of sources with targets: ``"random"`` or ``"ot"`` (minibatch optimal transport
+        within each condition).
     **kwargs
         Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``, ...).
     """
@@ -113,6 +114,8 @@ class CaLMFlowTrainingPlan(TrainingPlan):
             x0 = self.control_pool.sources_for(x1, seq_context, pairing=self.pairing).to(x1.device)
         else:
             x0 = torch.randn_like(x1)
+            if self.pairing == "ot":
+                x0 = pair_within_groups(x0, x1, keys[seq[:, 0]])
         return self.module.loss(x0, x1, ids, mask), seq.shape[0]
 
     # ------------------------------------------------------------------- lightning
