@@ -217,7 +217,7 @@ def test_control_source_keeps_the_source_cells_residual(trained):
     assert not noise.uns["calmflow"]["keep_source_residual"]
 
 
-def test_existing_pca_from_obsm():
+def test_existing_pca_from_obsm(tmp_path):
     import scanpy as sc
 
     adata = synthetic()
@@ -227,6 +227,10 @@ def test_existing_pca_from_obsm():
     assert model.module.n_features == 6
     model.train(max_steps=1, batch_size=32, seed=0, **QUIET)
     np.testing.assert_allclose(model._representation.components, adata.varm["PCs"].T, atol=1e-6)
+    model.save(tmp_path / "m")
+    plain = synthetic()  # no X_pca needed once the representation is saved
+    loaded = cf.CaLMFlowModel.load(tmp_path / "m", adata=plain)
+    assert loaded.module.n_features == 6
     with pytest.raises(KeyError, match="X_umap"):
         cf.CaLMFlowModel(adata, representation_key="X_umap", **SMALL)
     del adata.varm["PCs"]

@@ -159,7 +159,9 @@ def load_model(
     params = {**init["non_kwargs"], **init["kwargs"].get("module_kwargs", {})}
     params["backbone"] = config
     params.pop("from_pretrained_kwargs", None)
+    representation_key = params.pop("representation_key", None)  # the representation itself is saved
     model = cls(adata, registry=None if adata is not None else registry, tokenizer=tokenizer, **params)
+    model.representation_key = representation_key
     model.module.load_state_dict(payload["module_state"])
     for key, value in attributes.items():
         setattr(model, key, value)
