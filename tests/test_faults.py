@@ -69,3 +69,35 @@ def test_non_finite_loss_stops_with_clear_message_and_restores_last_good_weights
     assert not model.module.training
     pred = model.predict_perturbation("A", {"cell_type": "x"}, n_cells=4, seed=0)
     assert np.isfinite(pred.X).all()
+
+
+def test_training_continues_across_save_load_like_one_run(tmp_path):
+    import scvi
+
+    def build():
+        scvi.settings.seed = 3
+        adata = synthetic()
+        cf.CaLMFlowModel.setup_anndata(adata, perturbation_key="condition", context_keys=["cell_type"])
+        return adata, cf.CaLMFlowModel(adata, **{**SMALL, "n_components": 4})
+
+    _, whole = build()
+    whole.train(max_epochs=4, batch_size=32, seed=1, **QUIET)
+
+    adata, first = build()
+    first.train(max_epochs=2, batch_size=32, seed=1, **QUIET)
+    assert first.epochs_trained_ == 2 and first.optimizer_state_ is not None
+    first.save(tmp_path / "half")
+    resumed = cf.CaLMFlowModel.load(tmp_path / "half", adata=adata)
+    resumed.train(max_epochs=2, batch_size=32, seed=1, **QUIET)
+    assert resumed.epochs_trained_ == 4
+    for (name, a), (_, b) in zip(whole.module.named_parameters(), resumed.module.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=f"{name} differs after resuming")
+
+    _, fresh = build()
+    fresh.train(max_epochs=2, batch_size=32, seed=1, **QUIET)
+    fresh.train(max_epochs=2, batch_size=32, seed=1, continue_training=False, **QUIET)
+    differs = any(
+        not torch.allclose(a, b, atol=1e-5)
+        for a, b in zip(whole.module.parameters(), fresh.module.parameters(), strict=True)
+    )
+    assert differs, "a fresh optimizer should not reproduce the continued run"

@@ -236,3 +236,37 @@ def test_existing_pca_from_obsm(tmp_path):
     del adata.varm["PCs"]
     with pytest.raises(KeyError, match="varm\\['PCs'\\]"):
         cf.CaLMFlowModel(adata, representation_key="X_pca", **SMALL)
+
+
+def test_pretrained_local_backbone_with_its_tokenizer_and_lora(tmp_path):
+    """A tiny causal LM saved locally stands in for a downloaded one (Pythia-style)."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+    from calmflow_sc.data import train_condition_tokenizer
+
+    tokenizer = train_condition_tokenizer(["perturbation", "cell type", "control", "A", "B", "C", "x", "y", "hello"])
+    tokenizer.pad_token = None  # like many pretrained LMs; the model must add one
+    tokenizer.eos_token = "[UNK]"
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+
+    adata = synthetic()
+    cf.CaLMFlowModel.setup_anndata(adata, perturbation_key="condition", context_keys=["cell_type"])
+    model = cf.CaLMFlowModel(
+        adata, n_components=4, backbone=str(tmp_path / "lm"), finetune="lora", n_time_points=4, n_trajectories=2
+    )
+    assert model.pretrained_backbone_ and model.tokenizer.padding_side == "left"
+    assert any("lora_" in n for n in model.module.trainable_parameter_names())
+    model.train(max_steps=2, batch_size=32, seed=0, **QUIET)
+    pred = model.predict_perturbation("A+B", {"cell_type": "x"}, n_cells=4, seed=0)
+    free_text = model.generate("hello", n_cells=2, seed=0)  # its tokenizer takes any text
+    assert free_text.n_obs == 2
+    model.save(tmp_path / "m")
+    (tmp_path / "lm" / "model.safetensors").unlink()  # the original checkpoint is not needed to load
+    loaded = cf.CaLMFlowModel.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.predict_perturbation("A+B", {"cell_type": "x"}, n_cells=4, seed=0).X, pred.X)

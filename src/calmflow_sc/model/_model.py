@@ -201,6 +201,8 @@ class CaLMFlowModel(BaseModelClass):
         self.known_parts_: list[str] | None = None
         self.known_context_: dict[str, list[str]] | None = None
         self.held_out_: dict[str, Any] | None = None
+        self.optimizer_state_: dict[str, Any] | None = None
+        self.epochs_trained_ = 0
         self._model_summary_string = (
             f"CaLMFlowModel: backbone={backbone!r} ({finetune}), source={source!r}, n_components={n_components}, "
             f"K={n_spatial_tokens}, P={n_trajectories}, N={n_time_points}, beta={beta}"
@@ -409,6 +411,7 @@ class CaLMFlowModel(BaseModelClass):
         early_stopping: bool = False,
         early_stopping_patience: int = 10,
         weight_decay: float = 0.01,
+        continue_training: bool = True,
         plan_kwargs: dict[str, Any] | None = None,
         **trainer_kwargs: Any,
     ) -> None:
@@ -440,6 +443,10 @@ class CaLMFlowModel(BaseModelClass):
             Epochs without improvement before stopping.
         weight_decay
             AdamW weight decay.
+        continue_training
+            Continue from the state of an earlier ``train`` call (also across ``save``/``load``): the
+            optimizer state and the epoch count carry over, and with the same ``seed`` the epochs
+            draw what one uninterrupted run would have. ``False`` starts a fresh optimizer.
         plan_kwargs
             Extra :class:`~calmflow_sc.model.CaLMFlowTrainingPlan` / scvi ``TrainingPlan`` options.
         **trainer_kwargs
@@ -508,6 +515,9 @@ class CaLMFlowModel(BaseModelClass):
             source=self.source,
             control_pool=pool,
             pairing=self.pairing,
+            seed=seed,
+            epoch_offset=self.epochs_trained_ if continue_training else 0,
+            optimizer_state=self.optimizer_state_ if continue_training else None,
             lr=lr,
             weight_decay=weight_decay,
             **(plan_kwargs or {}),
@@ -535,6 +545,7 @@ class CaLMFlowModel(BaseModelClass):
         )
         try:
             runner()
+            self._keep_training_state(runner, continue_training)
         except SystemExit:
             # Lightning turns Ctrl+C into SystemExit(1) after a graceful shutdown and ignores SIGINT
             # from then on; restore the handler and keep the model trained so far.
@@ -548,8 +559,21 @@ class CaLMFlowModel(BaseModelClass):
                 stacklevel=2,
             )
             self.is_trained_ = True
+            self._keep_training_state(runner, continue_training)
         finally:
             self.module.eval()
+
+    def _keep_training_state(self, runner: TrainRunner, continued: bool) -> None:
+        """Remember the optimizer state and epoch count, so a later ``train`` call continues."""
+        optimizer = runner.training_plan.optimizers().optimizer
+        self.optimizer_state_ = {
+            "state": {
+                k: {n: v.detach().cpu().clone() if torch.is_tensor(v) else v for n, v in st.items()}
+                for k, st in optimizer.state_dict()["state"].items()
+            },
+            "param_groups": optimizer.state_dict()["param_groups"],
+        }
+        self.epochs_trained_ = (self.epochs_trained_ if continued else 0) + runner.trainer.current_epoch
 
     def _record_training_conditions(self, fit_rows: np.ndarray, mask: np.ndarray, held_out) -> None:
         adata, obs = self.adata, self.adata.obs

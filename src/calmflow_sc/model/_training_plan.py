@@ -43,6 +43,13 @@ class CaLMFlowTrainingPlan(TrainingPlan):
     pairing
         Pairing of sources with targets: ``"random"`` or ``"ot"`` (minibatch optimal transport
         within each condition).
+    seed
+        With a seed, every epoch reseeds the random number generators from ``(seed, epoch)``, so
+        that training continued later (same seed) draws what an uninterrupted run would have.
+    epoch_offset
+        Epochs the model has already been trained for (the epoch count continues from it).
+    optimizer_state
+        State of the optimizer at the end of the previous training, to continue from.
     **kwargs
         Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``, ...).
     """
@@ -61,6 +68,9 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         source: Literal["noise", "control"] = "noise",
         control_pool: ControlPool | None = None,
         pairing: Pairing = "random",
+        seed: int | None = None,
+        epoch_offset: int = 0,
+        optimizer_state: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("optimizer", "AdamW")
@@ -79,6 +89,9 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         self.pairing = pairing
         if source == "control" and control_pool is None:
             raise ValueError("source='control' needs a control pool.")
+        self.seed = seed
+        self.epoch_offset = int(epoch_offset)
+        self.optimizer_state = optimizer_state
 
     # -------------------------------------------------------------- batch -> tensors
     def _coordinates(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,18 +118,20 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         context = self._context_index(batch, n, z.device)
         n_context = self.prompt_ids.shape[1]
         keys = perturbation * n_context + context
-        seq = group_into_sequences(keys, self.module.n_trajectories)
+        seq = group_into_sequences(keys, self.module.n_trajectories, generator=self._cpu_generator)
         x1 = z[seq]
         seq_perturbation, seq_context = perturbation[seq[:, 0]], context[seq[:, 0]]
         ids = self.prompt_ids[seq_perturbation, seq_context]
         mask = self.prompt_mask[seq_perturbation, seq_context]
         if self.source == "control":
-            x0 = self.control_pool.sources_for(x1, seq_context, pairing=self.pairing).to(x1.device)
+            x0 = self.control_pool.sources_for(x1, seq_context, pairing=self.pairing, generator=self._cpu_generator).to(
+                x1.device
+            )
         else:
-            x0 = torch.randn_like(x1)
+            x0 = torch.randn(x1.shape, generator=self._generator, device=x1.device, dtype=x1.dtype)
             if self.pairing == "ot":
                 x0 = pair_within_groups(x0, x1, keys[seq[:, 0]])
-        return self.module.loss(x0, x1, ids, mask), seq.shape[0]
+        return self.module.loss(x0, x1, ids, mask, generator=self._generator), seq.shape[0]
 
     # ------------------------------------------------------------------- lightning
     def forward(self, *args: Any, **kwargs: Any):
@@ -162,10 +177,49 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         out, n_seq = self._batch_loss(batch)
         self._log_parts(out, n_seq, "validation")
 
+    def on_fit_start(self) -> None:
+        """Seed the data order of the first epoch (drawn before ``on_train_epoch_start``)."""
+        device = self.module.device
+        self._cpu_generator = torch.Generator()
+        self._generator = self._cpu_generator if device.type == "cpu" else torch.Generator(device=device)
+        self._reseed(data_order=True)
+
     def on_train_start(self) -> None:
-        """Put the module in training mode (a loaded model starts in evaluation mode)."""
+        """Training mode (a loaded model starts in evaluation mode); continue the optimizer state."""
         self.module.train()
         self._snapshot_last_good()
+        if self.optimizer_state is not None:
+            optimizer = self.optimizers().optimizer
+            optimizer.load_state_dict(self.optimizer_state)
+            for group in optimizer.param_groups:  # the learning rate of this call wins
+                group["lr"] = self.lr
+                group["weight_decay"] = self.weight_decay
+
+    def on_train_epoch_start(self) -> None:
+        """Reseed from ``(seed, epoch)`` so that continued training replays an uninterrupted run.
+
+        Two streams: the global torch generator (data order, dropout), reseeded before each
+        epoch's data iterator is made; and the plan's own generators (sources, pairing, path and
+        latent noise), reseeded at every epoch start.
+        """
+        self._reseed(data_order=self.current_epoch > 0)
+
+    def _reseed(self, *, data_order: bool) -> None:
+        if self.seed is None:
+            if not getattr(self, "_seeded_once", False):
+                seed = int(torch.randint(0, 2**31 - 1, (1,)))
+                self._cpu_generator.manual_seed(seed)
+                if self._generator is not self._cpu_generator:
+                    self._generator.manual_seed(seed)
+                self._seeded_once = True
+            return
+        epoch = self.epoch_offset + self.current_epoch
+        if data_order:
+            torch.manual_seed((self.seed * 1_000_003 + epoch) % (2**32))
+        plan_seed = (self.seed * 2_000_003 + epoch + 17) % (2**32)
+        self._cpu_generator.manual_seed(plan_seed)
+        if self._generator is not self._cpu_generator:
+            self._generator.manual_seed(plan_seed)
 
     def _trainable(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
