@@ -31,9 +31,11 @@ import scanpy as sc
 import torch
 
 import calmflow_sc as cf
+from _common import git_commit
 from calmflow_sc.baselines import CFMBaseline, additive_baseline, control_baseline
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "norman19_mcfaline23_devel.h5ad"
 BOTH_SEEN = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2", "MAPK1+TGFBR2"]
 ONE_SEEN = ["CNN1+MAPK1", "SET+KLF1", "SGK1+TBX3"]
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__} (CPU)",
         "seed": args.seed,
+        "git_commit": git_commit(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "metrics": cf.tl.METRICS,
         "timings": timings,
@@ -192,7 +195,7 @@ def to_markdown(results: dict, table: pd.DataFrame, summary: pd.DataFrame) -> st
     lines = [
         "# Unseen combinations (Norman 2019, K562)",
         "",
-        f"Command: `{results['command']}`  ",
+        f"Command: `{results['command']}` (code at commit {results['git_commit']})  ",
         f"Machine: {results['machine']}; seed {results['seed']}.  ",
         f"Settings: {results['settings']}.  ",
         f"Timings: {json.dumps(results['timings'], default=float)}  ",

@@ -25,11 +25,13 @@ import numpy as np
 import ot
 import torch
 
+from _common import git_commit
 from calmflow_sc.baselines import VelocityField, cfm_loss, cfm_sample
 from calmflow_sc.datasets import eight_gaussians, standard_normal, two_moons
 from calmflow_sc.module import CaLMFlowModule, minibatch_ot_permutation
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
 TASKS = {
     "noise->8gaussians": (lambda n, rng: standard_normal(n, 2, seed=rng), lambda n, rng: eight_gaussians(n, seed=rng)),
     "8gaussians->moons": (lambda n, rng: eight_gaussians(n, seed=rng), lambda n, rng: two_moons(n, seed=rng)),
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "seed": args.seed,
+        "git_commit": git_commit(),
         "budget_seconds_per_model": args.budget,
         "calmflow_settings": {
             "backbone": args.backbone,
@@ -242,7 +245,7 @@ def to_markdown(results: dict) -> str:
     lines = [
         "# Toy 2-D: CaLMFlow vs CFM at equal wall-clock",
         "",
-        f"Command: `{results['command']}`  ",
+        f"Command: `{results['command']}` (code at commit {results['git_commit']})  ",
         f"Machine: {results['machine']}, Python {results['python']}, torch {results['torch']}; "
         f"seed {results['seed']}; {results['budget_seconds_per_model']:.0f} s training per model and task; "
         f"total wall time {results['wall_seconds']:.0f} s.  ",
