@@ -69,3 +69,28 @@ def test_control_pool_draws_from_the_right_context():
         targets, torch.tensor([1, 1, 0, 0]), pairing="ot", generator=torch.Generator().manual_seed(0)
     )
     assert ot_sources.shape == targets.shape
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 4), p=st.integers(1, 3), k=st.integers(1, 3), sigma=st.sampled_from([0.0, 0.1]))
+def test_token_interleaving_is_time_then_trajectory_then_spatial(n, p, k, sigma):
+    from calmflow_sc.module import CaLMFlowModule, straight_paths
+
+    module = CaLMFlowModule(1, "gpt-neox-tiny", n_spatial_tokens=k, n_trajectories=p, n_time_points=max(n, 2))
+    hidden = module.hidden_size
+
+    class LabelTokens(torch.nn.Module):  # state value v -> K tokens filled with 10 * v + k
+        def forward(self, states):
+            return 10 * states + torch.arange(k, dtype=states.dtype).repeat_interleave(hidden)
+
+    module.encoder = LabelTokens()
+    times, trajs = torch.meshgrid(torch.arange(n), torch.arange(p), indexing="ij")
+    states = (100 * times + trajs).float().view(1, n, p, 1)
+    tokens = module.encode_states(states)[0, :, 0]
+    expected = [10 * (100 * i + j) + s for i in range(n) for j in range(p) for s in range(k)]
+    assert tokens.tolist() == expected  # position = i * (P * K) + p * K + k
+    # and paths keep their endpoints whatever the noise
+    x0, x1 = torch.randn(2, p, 3), torch.randn(2, p, 3)
+    z = straight_paths(x0, x1, max(n, 2), sigma=sigma)
+    torch.testing.assert_close(z[..., 0, :], x0)
+    torch.testing.assert_close(z[..., -1, :], x1)

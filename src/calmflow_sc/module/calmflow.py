@@ -175,7 +175,7 @@ class CaLMFlowModule(nn.Module):
     @property
     def device(self) -> torch.device:
         """Device of the module's parameters."""
-        return next(self.encoder.parameters()).device
+        return next(self.parameters()).device
 
     @property
     def base_model(self) -> PreTrainedModel:
