@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    commit = git_commit()  # the code this run uses, read before anything can change
     torch.set_num_threads(max(1, args.threads))
 
     results = {
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "seed": args.seed,
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "budget_seconds_per_model": args.budget,
         "calmflow_settings": {
             "backbone": args.backbone,
