@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backbone", default="gpt-neox-small")
     parser.add_argument("--n-components", type=int, default=50)
     parser.add_argument("--beta", type=float, default=0.3, help="KL weight (the model's default, the paper's value)")
+    parser.add_argument("--path-sigma", type=float, default=0.0, help="path noise at interior time points")
     parser.add_argument(
         "--temperatures",
         type=float,
@@ -89,7 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
     for source in args.sources:
         cf.CaLMFlowModel.setup_anndata(adata, perturbation_key=KEY, context_keys=["cell_type"])
         model = cf.CaLMFlowModel(
-            adata, n_components=args.n_components, backbone=args.backbone, source=source, beta=args.beta
+            adata,
+            n_components=args.n_components,
+            backbone=args.backbone,
+            source=source,
+            beta=args.beta,
+            path_sigma=args.path_sigma,
         )
         t0 = time.perf_counter()
         model.train(

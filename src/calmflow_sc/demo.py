@@ -80,7 +80,9 @@ def run_demo(
     train_seconds = time.perf_counter() - start
     model.save(out / "model", overwrite=True)
 
-    pred = ad.concat([model.predict_perturbation(c, context, n_cells=n_cells[c], seed=seed) for c in held])
+    pred = ad.concat(
+        [model.predict_perturbation(c, context, n_cells=n_cells[c], seed=seed) for c in held], index_unique="-"
+    )
     pred.write_h5ad(out / "predicted_cells.h5ad")
     train_only = adata[~adata.obs[perturbation_key].isin(held)].copy()
     baselines = {
@@ -90,7 +92,8 @@ def run_demo(
                     train_only, c, perturbation_key=perturbation_key, context=context, n_cells=n_cells[c], seed=seed
                 )
                 for c in held
-            ]
+            ],
+            index_unique="-",
         ),
         "control": ad.concat(
             [
@@ -98,7 +101,8 @@ def run_demo(
                     train_only, c, perturbation_key=perturbation_key, context=context, n_cells=n_cells[c], seed=seed
                 )
                 for c in held
-            ]
+            ],
+            index_unique="-",
         ),
     }
     frames = [cf.tl.evaluate(pred, real, perturbation_key, model_name="calmflow")]
@@ -156,6 +160,8 @@ def _write_report(out, data, held, summary, train_seconds, model) -> None:
         "|---|" + "---|" * len(means.columns),
     ]
     lines += [f"| {m} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for m, row in means.iterrows()]
+    best = {m: (row.idxmin() if m in ("energy_distance", "mmd") else row.idxmax()) for m, row in means.iterrows()}
+    lines += ["", "Best model per metric: " + "; ".join(f"{m}: **{b}**" for m, b in best.items()) + "."]
     lines += [
         "",
         "Metric definitions:",
