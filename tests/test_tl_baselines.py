@@ -115,3 +115,14 @@ def test_cfm_baseline_learns_an_unseen_combination(source):
     assert np.abs(pred.X.mean(axis=0) - truth).mean() < 0.5 * control_error
     with pytest.raises(ValueError, match="never seen"):
         model.predict_perturbation("A+Z", n_cells=2)
+
+
+def test_mean_baseline_is_the_training_mean():
+    from calmflow_sc.baselines import mean_baseline
+
+    adata, shifts = screen()
+    pred = mean_baseline(adata, ["A", "control"], perturbation_key="condition")
+    assert pred.n_obs == 2 and list(pred.obs["condition"]) == ["A", "control"]
+    np.testing.assert_allclose(pred.X[0], 2.0 + shifts["A"], atol=0.03)
+    with pytest.raises(ValueError, match="no training cells"):
+        mean_baseline(adata, "Z", perturbation_key="condition")
