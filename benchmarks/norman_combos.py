@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sources", nargs="+", default=["noise", "control"])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--skip-cfm", action="store_true", help="leave CFM out (quick explorations)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     commit = git_commit()  # the code this run uses, read before anything can change
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
             timings[f"calmflow_{source}"][f"predict_seconds_T{temperature:g}"] = time.perf_counter() - t0
             score(pred, name, predicted)
 
-    for source in args.sources:
+    for source in [] if args.skip_cfm else args.sources:
         budget = timings[f"calmflow_{source}"]["train_seconds"]
         cfm = CFMBaseline(
             train_view,
