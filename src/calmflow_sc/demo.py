@@ -18,9 +18,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import scanpy as sc
+import scvi
 
 import calmflow_sc as cf
 from calmflow_sc.baselines import additive_baseline, control_baseline
@@ -73,6 +73,7 @@ def run_demo(
     n_cells = real.obs[perturbation_key].value_counts().to_dict()
 
     cf.CaLMFlowModel.setup_anndata(adata, perturbation_key=perturbation_key, context_keys=[context_key])
+    scvi.settings.seed = seed  # initial weights too, so the demo is repeatable
     model = cf.CaLMFlowModel(adata, source="control")
     logger.info("training %s", model._model_summary_string)
     start = time.perf_counter()
@@ -120,11 +121,14 @@ def run_demo(
 def _plot_means(pred, additive, real, held, key, path) -> None:
     fig, axes = plt.subplots(1, len(held), figsize=(3.2 * len(held), 3.4), squeeze=False)
     for ax, cond in zip(axes[0], held, strict=True):
-        measured = np.asarray(real[real.obs[key] == cond].X.mean(axis=0)).ravel()
+        measured_cells = real[(real.obs[key] == cond).to_numpy()]
+        measured = cf.tl.mean_expression(measured_cells)
         for data, label, color in ((pred, "CaLMFlow", "tab:blue"), (additive, "additive", "tab:orange")):
-            values = np.asarray(data[data.obs[key].astype(str) == cond].X.mean(axis=0)).ravel()
-            r2 = 1 - ((values - measured) ** 2).sum() / ((measured - measured.mean()) ** 2).sum()
-            ax.scatter(measured, values, s=4, alpha=0.6, color=color, label=f"{label} R²={r2:.3f}")
+            cells = data[(data.obs[key].astype(str) == cond).to_numpy()]
+            r2 = cf.tl.r2_mean(cells, measured_cells)["r2"]
+            ax.scatter(
+                measured, cf.tl.mean_expression(cells), s=4, alpha=0.6, color=color, label=f"{label} R²={r2:.3f}"
+            )
         lim = [0, float(measured.max()) * 1.05]
         ax.plot(lim, lim, color="grey", lw=0.8)
         ax.set(title=cond, xlabel="measured mean", ylabel="predicted mean")

@@ -81,12 +81,25 @@ class ControlPool:
         Control cells' coordinates ``(n, D)``.
     contexts
         Context index of each control cell ``(n,)``.
+    names
+        Optional obs names of the cells, kept in the pool's order (index with what
+        :meth:`sample` returns).
+    residuals
+        Optional per-cell arrays (e.g. expression outside the PCA subspace), kept likewise.
     """
 
-    def __init__(self, coordinates: np.ndarray, contexts: np.ndarray) -> None:
+    def __init__(
+        self,
+        coordinates: np.ndarray,
+        contexts: np.ndarray,
+        names: np.ndarray | None = None,
+        residuals: np.ndarray | None = None,
+    ) -> None:
         order = np.argsort(contexts, kind="stable")
         self.coordinates = torch.as_tensor(np.asarray(coordinates)[order], dtype=torch.float32)
         self.contexts = np.asarray(contexts)[order]
+        self.names = None if names is None else np.asarray(names)[order]
+        self.residuals = None if residuals is None else np.asarray(residuals)[order]
         n_context = int(self.contexts.max()) + 1 if len(self.contexts) else 0
         counts = np.bincount(self.contexts, minlength=n_context) if len(self.contexts) else np.zeros(0, int)
         self.counts = torch.as_tensor(counts, dtype=torch.long)

@@ -499,10 +499,7 @@ class CaLMFlowModel(BaseModelClass):
 
         rep = self._representation
         ids, prompt_mask = self._prompt_table()
-        pool = None
-        if self.source == "control":
-            pool_state = self.control_pool_
-            pool = ControlPool(pool_state["coordinates"], pool_state["contexts"])
+        pool = self._control_pool() if self.source == "control" else None
         plan = self._training_plan_cls(
             self.module,
             pca_mean=torch.as_tensor(rep.mean),
@@ -709,17 +706,19 @@ class CaLMFlowModel(BaseModelClass):
             return out, "noise"
         if source != "control":
             raise ValueError(f"source must be 'noise', 'control' or an AnnData of control cells, got {source!r}.")
-        pool = ControlPool(self.control_pool_["coordinates"], self.control_pool_["contexts"])
-        order = np.argsort(self.control_pool_["contexts"], kind="stable")  # the pool's own order
-        names = np.asarray(self.control_pool_["obs_names"])[order]
-        residuals = np.asarray(self.control_pool_["residuals"])[order]
+        pool = self._control_pool()
         for pert, ctx in requests:
             index = self._context_index(ctx) if self.context_keys_ else 0
             if pool.available(index) == 0:
                 raise ValueError(f"no training control cells in context {ctx}; use source='noise'.")
             coords, idx = pool.sample(torch.full((n_cells,), index, dtype=torch.long), generator=cpu_gen)
-            out.append(_SourceDraw(pert, ctx, coords, names[idx.numpy()], residuals[idx.numpy()]))
+            rows = idx.numpy()
+            out.append(_SourceDraw(pert, ctx, coords, pool.names[rows], pool.residuals[rows]))
         return out, "control"
+
+    def _control_pool(self) -> ControlPool:
+        state = self.control_pool_
+        return ControlPool(state["coordinates"], state["contexts"], state["obs_names"], state["residuals"])
 
     def _source_cells(self, cells: AnnData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         missing = pd.Index(self.var_names_).difference(cells.var_names.astype(str))
