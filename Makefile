@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?= $(if $(CALMFLOW_DATA),$(CALMFLOW_DATA),../shared/data/norman19_mcfaline23_devel.h5ad)
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench clean docs peers peers-env
 
 venv: $(STAMP)
 
@@ -26,9 +26,52 @@ demo: $(STAMP)
 	@test -f "$(DATA)" || { echo "Data file not found: $(DATA)"; echo "Put norman19_mcfaline23_devel.h5ad in ../shared/data/ or run: make demo DATA=/path/to/file.h5ad"; exit 2; }
 	$(PY) -m calmflow_sc.demo --data "$(DATA)" --out demo_output
 
+# Budget (measured on the 2-core dev machine; more when it is shared): toy2d ~8 min, toy2d_ablations ~10 CPU-min,
+# highdim ~6 CPU-min, norman_combos ~25 min, cell_line_transfer ~BUDGET_CLT, assemble_results seconds: about 1 h in all.
 bench: $(STAMP)
 	$(PY) benchmarks/toy2d.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/toy2d_ablations.py --threads 1
+	OMP_NUM_THREADS=1 $(PY) benchmarks/highdim.py --threads 1
 	$(PY) benchmarks/norman_combos.py --data "$(DATA)"
+	OMP_NUM_THREADS=1 $(PY) benchmarks/cell_line_transfer.py --data "$(DATA)" --threads 1
+	$(PY) benchmarks/assemble_results.py
+
+# Peer methods (CPA, CellFlow) on the held-out Norman doubles, each in its own venv (never a dependency of the package).
+PEERS := benchmarks/peers
+PEERS_WORK ?= $(PEERS)/work
+CPA_VENV := $(PEERS)/.venv-cpa
+CELLFLOW_VENV := $(PEERS)/.venv-cellflow
+PEER_BUDGET ?= 300
+
+$(CPA_VENV)/.installed: $(PEERS)/requirements-cpa.txt constraints.txt
+	test -x $(CPA_VENV)/bin/python || $(PYTHON) -m venv $(CPA_VENV)
+	$(CPA_VENV)/bin/pip install -c constraints.txt "torch==2.13.0"
+	$(CPA_VENV)/bin/pip install -c constraints.txt -r $(PEERS)/requirements-cpa.txt
+	$(CPA_VENV)/bin/pip install -c constraints.txt --no-deps "cpa-tools==0.8.1"
+	touch $@
+
+$(CELLFLOW_VENV)/.installed: $(PEERS)/requirements-cellflow.txt constraints.txt
+	test -x $(CELLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(CELLFLOW_VENV)
+	$(CELLFLOW_VENV)/bin/pip install -c constraints.txt -r $(PEERS)/requirements-cellflow.txt
+	touch $@
+
+peers-env: $(CPA_VENV)/.installed $(CELLFLOW_VENV)/.installed
+
+# about 15 min on 2 cores once the venvs exist: export (s), CPA and CellFlow ($(PEER_BUDGET) s training each), scoring
+peers: $(STAMP) peers-env
+	@test -f "$(DATA)" || { echo "Data file not found: $(DATA)"; exit 2; }
+	$(PY) $(PEERS)/export_split.py --data "$(DATA)" --work $(PEERS_WORK)
+	$(CPA_VENV)/bin/python $(PEERS)/run_cpa.py --work $(PEERS_WORK) --budget $(PEER_BUDGET)
+	$(CELLFLOW_VENV)/bin/python $(PEERS)/run_cellflow.py --work $(PEERS_WORK) --budget $(PEER_BUDGET)
+	$(PY) $(PEERS)/evaluate_peers.py --data "$(DATA)" --work $(PEERS_WORK)
+
+# HTML documentation in docs/_build/html (warnings are errors); tutorials are rendered with their committed outputs.
+$(VENV)/.docs-installed: $(STAMP)
+	$(PY) -m pip install -c constraints.txt -e ".[dev,docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache docs/_build

@@ -33,6 +33,7 @@ import torch
 import calmflow_sc as cf
 from _common import git_commit
 from calmflow_sc.baselines import CFMBaseline, additive_baseline, control_baseline
+from peers.norman_hook import peer_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sources", nargs="+", default=["noise", "control"])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--prompt-sum", action="store_true", help="add the projected prompt-embedding sum to every flow token"
+    )
     parser.add_argument("--skip-cfm", action="store_true", help="leave CFM out (quick explorations)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             source=source,
             beta=args.beta,
             path_sigma=args.path_sigma,
+            prompt_sum=args.prompt_sum,
         )
         t0 = time.perf_counter()
         model.train(
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     # compare every model on the conditions that all of them could predict
     common = set.intersection(*(set(t["condition"]) for t in frames))
     table = table[table["condition"].isin(common)]
+    peers = peer_rows(RESULTS, train_view, held, BOTH_SEEN, common)  # CPA / CellFlow, if run on this split
+    table = pd.concat([table, peers], ignore_index=True) if not peers.empty else table
     table["split"] = table["condition"].map(lambda c: "both singles seen" if c in BOTH_SEEN else "one single seen")
     summary = table.groupby(["split", "model", "metric"], sort=False)["value"].agg(["mean", "median"]).reset_index()
     results = {

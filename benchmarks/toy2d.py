@@ -55,11 +55,13 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def train_calmflow(sample_source, sample_target, budget: float, seed: int, args) -> tuple[CaLMFlowModule, dict]:
+def train_calmflow(
+    sample_source, sample_target, budget: float, seed: int, args, dim: int = 2, clock=time.perf_counter
+) -> tuple[CaLMFlowModule, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     module = CaLMFlowModule(
-        2,
+        dim,
         args.backbone,
         n_spatial_tokens=args.k,
         n_trajectories=args.p,
@@ -68,16 +70,16 @@ def train_calmflow(sample_source, sample_target, budget: float, seed: int, args)
         dropout=0.0,
     )
     opt = torch.optim.AdamW(module.parameters(), lr=args.lr, weight_decay=0.01)
-    steps, start, losses = 0, time.perf_counter(), []
+    steps, start, losses = 0, clock(), []
     module.train()
-    while (elapsed := time.perf_counter() - start) < budget:
+    while (elapsed := clock() - start) < budget:
         set_lr(opt, args.lr * lr_factor(elapsed, budget, steps))
         b = args.batch_size // args.p
         x0 = torch.from_numpy(sample_source(b * args.p, rng))
         x1 = torch.from_numpy(sample_target(b * args.p, rng))
         if args.pairing == "ot":
             x0 = x0[minibatch_ot_permutation(x0, x1)]
-        out = module.loss(x0.view(b, args.p, 2), x1.view(b, args.p, 2))
+        out = module.loss(x0.view(b, args.p, dim), x1.view(b, args.p, dim))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
@@ -86,7 +88,7 @@ def train_calmflow(sample_source, sample_target, budget: float, seed: int, args)
         losses.append(out.loss.item())
     return module, {
         "steps": steps,
-        "train_seconds": time.perf_counter() - start,
+        "train_seconds": clock() - start,
         "final_loss": float(np.mean(losses[-50:])),
     }
 
@@ -97,17 +99,20 @@ def generate(module: CaLMFlowModule, x0: np.ndarray, temperature: float, args) -
     n_seq = int(np.ceil(len(x0) / p))
     padded = np.concatenate([x0, x0[: n_seq * p - len(x0)]])
     gen = torch.Generator().manual_seed(args.seed)
-    out = module.sample(torch.from_numpy(padded).view(n_seq, p, 2), temperature=temperature, generator=gen)
-    return out.reshape(-1, 2)[: len(x0)].numpy()
+    dim = x0.shape[1]
+    out = module.sample(torch.from_numpy(padded).view(n_seq, p, dim), temperature=temperature, generator=gen)
+    return out.reshape(-1, dim)[: len(x0)].numpy()
 
 
-def train_cfm(sample_source, sample_target, budget: float, seed: int, args) -> tuple[VelocityField, dict]:
+def train_cfm(
+    sample_source, sample_target, budget: float, seed: int, args, dim: int = 2, clock=time.perf_counter
+) -> tuple[VelocityField, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    field = VelocityField(2, hidden=256, n_layers=3)
+    field = VelocityField(dim, hidden=256, n_layers=3)
     opt = torch.optim.Adam(field.parameters(), lr=args.cfm_lr)
-    steps, start, losses = 0, time.perf_counter(), []
-    while (elapsed := time.perf_counter() - start) < budget:
+    steps, start, losses = 0, clock(), []
+    while (elapsed := clock() - start) < budget:
         set_lr(opt, args.cfm_lr * lr_factor(elapsed, budget, steps))
         x0 = torch.from_numpy(sample_source(args.batch_size, rng))
         x1 = torch.from_numpy(sample_target(args.batch_size, rng))
@@ -119,7 +124,7 @@ def train_cfm(sample_source, sample_target, budget: float, seed: int, args) -> t
         losses.append(loss.item())
     return field, {
         "steps": steps,
-        "train_seconds": time.perf_counter() - start,
+        "train_seconds": clock() - start,
         "final_loss": float(np.mean(losses[-50:])),
     }
 

@@ -71,6 +71,27 @@ def test_control_pool_draws_from_the_right_context():
     assert ot_sources.shape == targets.shape
 
 
+def test_ot_pairing_keeps_each_conditions_random_sources():
+    # Two conditions in one context, far apart; OT must only permute sources within a condition, so each
+    # condition keeps exactly the controls drawn for it (their marginal stays that of random controls).
+    coords = torch.linspace(-5, 5, 40).view(20, 2).numpy()
+    pool = ControlPool(coords, contexts=[0] * 20)
+    targets = torch.cat([torch.full((10, 2, 2), -10.0), torch.full((10, 2, 2), 10.0)])
+    contexts, groups = torch.zeros(20, dtype=torch.long), torch.tensor([0] * 10 + [1] * 10)
+    random = pool.sources_for(targets, contexts, pairing="random", generator=torch.Generator().manual_seed(3))
+    paired = pool.sources_for(
+        targets, contexts, pairing="ot", groups=groups, generator=torch.Generator().manual_seed(3)
+    )
+    for g in (0, 1):
+        rows = groups == g
+        before = sorted(map(tuple, random[rows].reshape(-1, 2).tolist()))
+        after = sorted(map(tuple, paired[rows].reshape(-1, 2).tolist()))
+        assert before == after
+    # pairing across the whole context instead hands condition 1 the controls nearest +10
+    pooled = pool.sources_for(targets, contexts, pairing="ot", generator=torch.Generator().manual_seed(3))
+    assert pooled[10:].mean() > paired[10:].mean() + 1.0
+
+
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 4), p=st.integers(1, 3), k=st.integers(1, 3), sigma=st.sampled_from([0.0, 0.1]))
 def test_token_interleaving_is_time_then_trajectory_then_spatial(n, p, k, sigma):

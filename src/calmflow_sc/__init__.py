@@ -13,4 +13,20 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 from calmflow_sc.model import CaLMFlowModel
 
-__all__ = ["CaLMFlowModel", "__version__"]
+__all__ = ["CaLMFlowModel", "__version__", "pl", "tl"]
+_LAZY_SUBMODULES = ("pl", "tl")
+
+
+def __getattr__(name: str):
+    """Import ``calmflow_sc.pl`` / ``calmflow_sc.tl`` on first use (``cf.pl.embedding``), keeping import cheap."""
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        module = importlib.import_module(f"calmflow_sc.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'calmflow_sc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_SUBMODULES})

@@ -26,6 +26,13 @@ import calmflow_sc as cf
 from calmflow_sc.baselines import additive_baseline, control_baseline
 
 logger = logging.getLogger("calmflow_sc.demo")
+FIGURES = (
+    "mean_expression.png",
+    "training_history.png",
+    "embedding.png",
+    "metrics.png",
+    "response_genes.png",
+)
 DEFAULT_HELD_OUT = ("KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2", "MAPK1+TGFBR2")
 
 
@@ -112,41 +119,50 @@ def run_demo(
     table.to_csv(out / "metrics_per_condition.csv", index=False)
     summary = cf.tl.summarize(table)
     summary.to_csv(out / "metrics_summary.csv")
-    _plot_means(pred, baselines["additive"], real, held, perturbation_key, out / "mean_expression.png")
-    _plot_history(model, out / "training_history.png")
+    _plot_means({"CaLMFlow": pred, "additive": baselines["additive"]}, real, held, perturbation_key, out / FIGURES[0])
+    _save(cf.pl.history(model, return_fig=True, show=False), out / FIGURES[1])
+    _plot_embedding(pred, real, perturbation_key, out / FIGURES[2], seed)
+    _save(cf.pl.metrics(table, return_fig=True, show=False), out / FIGURES[3])
+    _save(
+        cf.pl.response_genes(pred, real, perturbation_key=perturbation_key, n_genes=8, return_fig=True, show=False),
+        out / FIGURES[4],
+    )
     _write_report(out, data, held, summary, train_seconds, model)
     return summary
 
 
-def _plot_means(pred, additive, real, held, key, path) -> None:
-    fig, axes = plt.subplots(1, len(held), figsize=(3.2 * len(held), 3.4), squeeze=False)
-    for ax, cond in zip(axes[0], held, strict=True):
-        measured_cells = real[(real.obs[key] == cond).to_numpy()]
-        measured = cf.tl.mean_expression(measured_cells)
-        for data, label, color in ((pred, "CaLMFlow", "tab:blue"), (additive, "additive", "tab:orange")):
-            cells = data[(data.obs[key].astype(str) == cond).to_numpy()]
-            r2 = cf.tl.r2_mean(cells, measured_cells)["r2"]
-            ax.scatter(
-                measured, cf.tl.mean_expression(cells), s=4, alpha=0.6, color=color, label=f"{label} R²={r2:.3f}"
-            )
-        lim = [0, float(measured.max()) * 1.05]
-        ax.plot(lim, lim, color="grey", lw=0.8)
-        ax.set(title=cond, xlabel="measured mean", ylabel="predicted mean")
-        ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
+def _plot_means(predictions: dict, real, held, key, path) -> None:
+    """One row per model, one panel per held-out condition: measured vs predicted gene means."""
+    fig, axes = plt.subplots(
+        len(predictions),
+        len(held),
+        figsize=(3.6 * len(held), 3.8 * len(predictions)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row, (name, cells) in zip(axes, predictions.items(), strict=True):
+        for ax, cond in zip(row, held, strict=True):
+            cf.pl.mean_expression(cells, real, perturbation_key=key, condition=cond, n_top_degs=20, n_labels=5, ax=ax)
+            ax.set_title(f"{name}: {ax.get_title()}", fontsize=9)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _plot_history(model, path) -> None:
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for key in ("train_loss", "validation_loss"):
-        if key in model.history:
-            ax.plot(model.history[key].index, model.history[key].iloc[:, 0], label=key)
-    ax.set(xlabel="epoch", ylabel="loss (reconstruction + beta KL)")
-    ax.legend(frameon=False)
-    fig.tight_layout()
+def _plot_embedding(pred, real, key, path, seed) -> None:
+    """Measured and CaLMFlow-generated cells on the measured cells' first two principal components.
+
+    PCA rather than UMAP: distances stay faithful, and it needs no numba compilation (fast demo).
+    """
+    joint = cf.tl.embed_joint(
+        pred, real, perturbation_key=key, control_value="control", method="pca", random_state=seed
+    )
+    fig = cf.pl.embedding(joint, basis="X_joint_pca", color=[key, "source"], return_fig=True, show=False)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _save(fig, path) -> None:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -171,8 +187,17 @@ def _write_report(out, data, held, summary, train_seconds, model) -> None:
         "Metric definitions:",
         *[f"- `{k}`: {v}" for k, v in cf.tl.METRICS.items()],
         "",
-        "Files: predicted_cells.h5ad (open with scanpy), model/ (CaLMFlowModel.load), mean_expression.png, "
-        "training_history.png.",
+        "Files: predicted_cells.h5ad (open with scanpy), model/ (CaLMFlowModel.load), metrics_per_condition.csv, "
+        "metrics_summary.csv and the figures (drawn with `calmflow_sc.pl`):",
+        "",
+        "- `mean_expression.png`: measured vs predicted mean of every gene per held-out condition (CaLMFlow and "
+        "additive rows; top 20 DEGs vs control in red, R² in the titles).",
+        "- `training_history.png`: training and validation loss with its reconstruction and KL parts per epoch.",
+        "- `embedding.png`: measured (circles) and generated (triangles) cells on the first two principal "
+        "components of the measured cells (`cf.tl.embed_joint`), coloured by condition and by real/generated.",
+        "- `metrics.png`: every metric per held-out condition and model, with the mean across conditions.",
+        "- `response_genes.png`: mean change from control of each condition's most changed genes, measured vs "
+        "CaLMFlow.",
         "",
     ]
     (out / "README.md").write_text("\n".join(lines))

@@ -23,9 +23,10 @@ def context_label(key: str) -> str:
 
 @dataclass(frozen=True)
 class PromptBuilder:
-    """Build prompts such as ``"cell type: K562. perturbation: KLF1 + MAP2K6."``.
+    """Build the text prompt of a perturbation in its context.
 
-    The parts of a combination are sorted, so ``"B+A"`` and ``"A+B"`` give the same prompt.
+    For example ``"cell type: K562. perturbation: KLF1 + MAP2K6."``. The parts of a combination
+    are sorted, so ``"B+A"`` and ``"A+B"`` give the same prompt.
 
     Parameters
     ----------

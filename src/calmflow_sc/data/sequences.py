@@ -140,6 +140,7 @@ class ControlPool:
         contexts: torch.Tensor,
         *,
         pairing: Pairing = "random",
+        groups: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Control sources for targets ``(S, P, D)`` with one context per sequence ``(S,)``.
@@ -152,7 +153,13 @@ class ControlPool:
             Context index of each sequence.
         pairing
             ``"random"``: independent draws; ``"ot"``: draws re-paired to the targets of the same
-            context by exact minibatch optimal transport.
+            group by exact minibatch optimal transport.
+        groups
+            Group of each sequence ``(S,)`` within which OT re-pairs (default: ``contexts``). Pass
+            the condition (perturbation and context) so that each condition keeps a random sample
+            of its context's controls as sources, exactly as at prediction time; pairing across
+            conditions would hand each condition the controls nearest its own cells, which a
+            prediction from random controls never sees.
         generator
             Random generator (CPU).
 
@@ -167,4 +174,4 @@ class ControlPool:
             return sources
         if pairing != "ot":
             raise ValueError(f"pairing must be 'random' or 'ot', got {pairing!r}.")
-        return pair_within_groups(sources, targets, contexts)
+        return pair_within_groups(sources, targets, contexts if groups is None else groups)

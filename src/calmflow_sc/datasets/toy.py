@@ -83,4 +83,5 @@ def standard_normal(n: int, dim: int = 2, *, seed: int | np.random.Generator | N
     return _rng(seed).standard_normal((n, dim)).astype(np.float32)
 
 
+#: The 2-D samplers by name.
 TOY_2D = {"8gaussians": eight_gaussians, "moons": two_moons, "normal": standard_normal}

@@ -19,6 +19,7 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalJointObsField, CategoricalObsField, LayerField
 from scvi.dataloaders import DataSplitter
+from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 from tqdm.auto import tqdm
@@ -31,6 +32,7 @@ from calmflow_sc.data.sequences import ControlPool, Pairing
 from calmflow_sc.data.tokenizer import prepare_pretrained_tokenizer, train_condition_tokenizer
 from calmflow_sc.model._training_plan import CONTEXT_KEY, PERTURBATION_KEY, CaLMFlowTrainingPlan
 from calmflow_sc.model._validation import (
+    BACKED_CHUNK,
     _preview,
     check_expression_source,
     check_obs_column,
@@ -55,6 +57,8 @@ class _SourceDraw(NamedTuple):
 
 
 OBSM_KEY = "X_calmflow"
+#: Above this many matrix entries (cells x genes) the PCA is fitted streaming, chunk by chunk.
+STREAMING_PCA_ELEMENTS = 2**27
 UNS_KEY = "calmflow"
 
 
@@ -231,7 +235,9 @@ class CaLMFlowModel(BaseModelClass):
         Parameters
         ----------
         adata
-            AnnData with log-normalised ``X`` (or counts / log-normalised data in ``layer``).
+            AnnData with log-normalised ``X`` (or counts / log-normalised data in ``layer``). It may be
+            opened backed (``anndata.read_h5ad(path, backed="r")``): ``X`` is then validated, fitted
+            and trained on a chunk / minibatch at a time, straight from the file.
         perturbation_key
             obs column with the perturbation of each cell (combinations joined by the delimiter).
         control_value
@@ -253,11 +259,6 @@ class CaLMFlowModel(BaseModelClass):
                 "adata is a view (e.g. adata[mask]); setup registers keys on the object, so pass a copy: "
                 "adata = adata[mask].copy()."
             )
-        if adata.isbacked:
-            raise ValueError(
-                f"adata is backed (opened with backed='r' from {adata.filename}); backed mode is not supported "
-                "yet: load it into memory with adata = adata.to_memory()."
-            )
         if not isinstance(combination_delimiter, str) or not combination_delimiter.strip():
             raise ValueError(f"combination_delimiter must be a non-blank string, got {combination_delimiter!r}.")
         if not isinstance(control_value, str) or not control_value.strip():
@@ -276,7 +277,7 @@ class CaLMFlowModel(BaseModelClass):
             check_obs_column(adata, key, role="context_keys")
         check_expression_source(adata, layer)
         matrix = adata.X if layer is None else adata.layers[layer]
-        if looks_like_counts(matrix):
+        if looks_like_counts(matrix[:BACKED_CHUNK] if adata.isbacked else matrix):
             logger.info(
                 "%s looks like counts: it will be log-normalised (log1p, total 1e4) on the fly.",
                 "adata.X" if layer is None else f"layer {layer!r}",
@@ -476,14 +477,22 @@ class CaLMFlowModel(BaseModelClass):
             self.representation_ = self._representation_from_loadings(adata, fit_rows).state_dict()
         if self.representation_ is None:
             logger.info("fitting the %d-component PCA on %d training cells", self.module.n_features, len(fit_rows))
-            matrix = (
-                sp.vstack(list(self._log_normalized_rows(adata, fit_rows)))
-                if sp.issparse(self._expression_matrix(adata))
-                else np.concatenate(list(self._log_normalized_rows(adata, fit_rows)))
-            )
-            self.representation_ = PCARepresentation.fit(
-                matrix, self.module.n_features, seed=0 if seed is None else seed
-            ).state_dict()
+            if adata.isbacked or len(fit_rows) * adata.n_vars > STREAMING_PCA_ELEMENTS:
+                # read the cells in chunks (randomized subspace iteration), never the whole matrix
+                self.representation_ = PCARepresentation.fit_streaming(
+                    lambda: self._log_normalized_rows(adata, fit_rows),
+                    self.module.n_features,
+                    seed=0 if seed is None else seed,
+                ).state_dict()
+            else:
+                matrix = (
+                    sp.vstack(list(self._log_normalized_rows(adata, fit_rows)))
+                    if sp.issparse(self._expression_matrix(adata))
+                    else np.concatenate(list(self._log_normalized_rows(adata, fit_rows)))
+                )
+                self.representation_ = PCARepresentation.fit(
+                    matrix, self.module.n_features, seed=0 if seed is None else seed
+                ).state_dict()
         self._record_training_conditions(fit_rows, mask, held_out)
 
         perm = rng.permutation(fit_rows)
@@ -523,6 +532,8 @@ class CaLMFlowModel(BaseModelClass):
             self.adata_manager,
             external_indexing=[train_idx, val_idx, test_idx],
             batch_size=batch_size,
+            # each process of a DDP strategy reads its own share of every epoch (as scvi-tools' models do)
+            distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
         )
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         if len(val_idx) == 0:
@@ -562,6 +573,13 @@ class CaLMFlowModel(BaseModelClass):
 
     def _keep_training_state(self, runner: TrainRunner, continued: bool) -> None:
         """Remember the optimizer state and epoch count, so a later ``train`` call continues."""
+        if runner.training_plan._trainer is None:
+            # ddp_spawn: the optimizer lived in the worker processes; only the weights come back
+            logger.info("the optimizer state stays in the spawned workers; a later train() starts a fresh optimizer.")
+            self.optimizer_state_ = None
+            epochs = max((len(v) for k, v in (self.history_ or {}).items() if k.startswith("train_loss")), default=0)
+            self.epochs_trained_ = (self.epochs_trained_ if continued else 0) + epochs
+            return
         optimizer = runner.training_plan.optimizers().optimizer
         self.optimizer_state_ = {
             "state": {
@@ -591,10 +609,16 @@ class CaLMFlowModel(BaseModelClass):
         }
         ctrl_rows = fit_rows[perts[fit_rows] == self.control_value_]
         rep = self._representation
-        chunks = list(self._log_normalized_rows(adata, ctrl_rows))
+        coordinates = np.empty((len(ctrl_rows), rep.n_components), dtype=np.float32)
+        residuals = np.empty((len(ctrl_rows), adata.n_vars), dtype=np.float32)
+        start = 0
+        for chunk in self._log_normalized_rows(adata, ctrl_rows):  # a chunk at a time, outputs filled in place
+            stop = start + chunk.shape[0]
+            coordinates[start:stop], residuals[start:stop] = rep.transform(chunk), rep.residual(chunk)
+            start = stop
         self.control_pool_ = {
-            "coordinates": np.concatenate([rep.transform(c) for c in chunks]),
-            "residuals": np.concatenate([rep.residual(c) for c in chunks]),
+            "coordinates": coordinates,
+            "residuals": residuals,
             "contexts": self._obs_context_index(obs.iloc[ctrl_rows]),
             "obs_names": np.asarray(adata.obs_names[ctrl_rows]).astype(str),
         }
@@ -664,7 +688,8 @@ class CaLMFlowModel(BaseModelClass):
         """Roll out sequences ``x0`` ``(S, P, D)`` with one prompt per sequence, in batches."""
         unique = sorted(set(prompts))
         ids_u, mask_u = self._tokenize(unique)
-        lookup = torch.as_tensor([unique.index(p) for p in prompts])
+        position = {p: i for i, p in enumerate(unique)}  # each distinct prompt is tokenised once
+        lookup = torch.as_tensor([position[p] for p in prompts])
         outputs = []
         n_seq = x0.shape[0]
         step = max(1, batch_size // x0.shape[1])
@@ -713,27 +738,36 @@ class CaLMFlowModel(BaseModelClass):
                 raise ValueError(f"no training control cells in context {ctx}; use source='noise'.")
             coords, idx = pool.sample(torch.full((n_cells,), index, dtype=torch.long), generator=cpu_gen)
             rows = idx.numpy()
-            out.append(_SourceDraw(pert, ctx, coords, pool.names[rows], pool.residuals[rows]))
+            residuals = self.control_pool_["residuals"][pool.residuals[rows]]  # pool.residuals holds row numbers
+            out.append(_SourceDraw(pert, ctx, coords, pool.names[rows], residuals))
         return out, "control"
 
     def _control_pool(self) -> ControlPool:
         state = self.control_pool_
-        return ControlPool(state["coordinates"], state["contexts"], state["obs_names"], state["residuals"])
+        # the pool carries each cell's row in control_pool_ (as its per-cell payload), not the residuals
+        # themselves, so the (n_controls, n_genes) array is never copied into the pool's order
+        rows = np.arange(len(state["contexts"]))
+        return ControlPool(state["coordinates"], state["contexts"], state["obs_names"], rows)
 
     def _source_cells(self, cells: AnnData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         missing = pd.Index(self.var_names_).difference(cells.var_names.astype(str))
         if len(missing):
             raise ValueError(f"source AnnData lacks {len(missing)} of the model's genes: {_preview(missing)}.")
-        ordered = cells[:, list(self.var_names_)]
-        matrix = ordered.X
-        rows = np.arange(ordered.n_obs)
+        # rows in chunks, then the model's genes in its order: works for backed AnnData (and backed
+        # views) without indexing them twice, and fills the outputs in place
+        cols = pd.Index(cells.var_names.astype(str)).get_indexer(self.var_names_)
         rep = self._representation
-        chunks = [log_normalize(c) if self.normalize_counts_ else c for c in iter_row_chunks(matrix, rows)]
-        return (
-            np.concatenate([rep.transform(c) for c in chunks]),
-            np.concatenate([rep.residual(c) for c in chunks]),
-            np.asarray(cells.obs_names.astype(str)),
-        )
+        n = cells.n_obs
+        z = np.empty((n, rep.n_components), dtype=np.float32)
+        residuals = np.empty((n, len(cols)), dtype=np.float32)
+        start = 0
+        for chunk in iter_row_chunks(cells.X, np.arange(n), chunk_size=BACKED_CHUNK):
+            chunk = chunk[:, cols]
+            chunk = log_normalize(chunk) if self.normalize_counts_ else chunk
+            stop = start + chunk.shape[0]
+            z[start:stop], residuals[start:stop] = rep.transform(chunk), rep.residual(chunk)
+            start = stop
+        return z, residuals, np.asarray(cells.obs_names.astype(str))
 
     def predict_perturbation(
         self,
@@ -828,11 +862,15 @@ class CaLMFlowModel(BaseModelClass):
                 "n_trajectories": p,
                 "keep_source_residual": keep,
             },
-            residual=np.concatenate(residuals) if keep else None,
+            residual=residuals if keep else None,
         )
 
     def _to_anndata(
-        self, z: np.ndarray, obs: pd.DataFrame, info: dict[str, Any], residual: np.ndarray | None = None
+        self,
+        z: np.ndarray,
+        obs: pd.DataFrame,
+        info: dict[str, Any],
+        residual: np.ndarray | list[np.ndarray] | None = None,
     ) -> AnnData:
         rep = self._representation
         obs = obs.copy()
@@ -841,10 +879,15 @@ class CaLMFlowModel(BaseModelClass):
             if column in obs:
                 obs[column] = pd.Categorical(obs[column].astype(str))
         obs.index = pd.Index([f"generated-{i}" for i in range(len(obs))])
+        x = rep.inverse_transform(z, clip=residual is None)
+        if residual is not None:  # added block by block and clipped in place: X is held once
+            start = 0
+            for block in [residual] if isinstance(residual, np.ndarray) else residual:
+                x[start : start + len(block)] += block
+                start += len(block)
+            np.clip(x, 0.0, None, out=x)
         out = AnnData(
-            X=rep.inverse_transform(z)
-            if residual is None
-            else np.clip(rep.inverse_transform(z, clip=False) + residual, 0.0, None),
+            X=x,
             obs=obs,
             var=pd.DataFrame(index=pd.Index(self.var_names_, name=None)),
         )

@@ -124,9 +124,9 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         ids = self.prompt_ids[seq_perturbation, seq_context]
         mask = self.prompt_mask[seq_perturbation, seq_context]
         if self.source == "control":
-            x0 = self.control_pool.sources_for(x1, seq_context, pairing=self.pairing, generator=self._cpu_generator).to(
-                x1.device
-            )
+            x0 = self.control_pool.sources_for(
+                x1, seq_context, pairing=self.pairing, groups=keys[seq[:, 0]], generator=self._cpu_generator
+            ).to(x1.device)
         else:
             x0 = torch.randn(x1.shape, generator=self._generator, device=x1.device, dtype=x1.dtype)
             if self.pairing == "ot":

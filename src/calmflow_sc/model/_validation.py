@@ -10,6 +10,9 @@ from anndata import AnnData
 
 from calmflow_sc.data.expression import check_expression
 
+#: Rows read at once from a backed matrix.
+BACKED_CHUNK = 8192
+
 
 def _preview(values: Sequence, n: int = 20) -> str:
     values = [str(v) for v in values]
@@ -69,7 +72,12 @@ def check_expression_source(adata: AnnData, layer: str | None) -> None:
     if matrix is None:
         raise ValueError("adata.X is empty (None); pass layer= to use a layer.")
     source = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    check_expression(matrix if not getattr(adata, "isbacked", False) or layer else matrix[:], source=source)
+    if getattr(adata, "isbacked", False) and layer is None:
+        # backed X: read and check it a chunk of rows at a time, never the whole matrix at once
+        for start in range(0, adata.n_obs, BACKED_CHUNK):
+            check_expression(matrix[start : start + BACKED_CHUNK], source=source)
+        return
+    check_expression(matrix, source=source)
 
 
 def check_perturbations(values: pd.Series, *, key: str, control_value: str, delimiter: str) -> None:

@@ -103,6 +103,12 @@ class CaLMFlowModule(nn.Module):
         Decode the increment ``z_{i+1} - z_i`` instead of the state itself (the loss is on states
         either way). The paper decodes states (``False``); increments make the identity flow
         trivial, which helps when sources are control cells close to their targets.
+    prompt_sum
+        Also add a learned linear map of the sum of the prompt's token embeddings to every flow
+        token (beyond the paper, which only prepends the prompt). The parts of a combination then
+        enter the flow additively, so an unseen combination of seen parts starts from the sum of
+        what each part taught the model; the prompt prefix is kept, so interactions can still be
+        learned through attention.
     finetune
         ``"full"``, ``"lora"`` or ``"frozen"`` (see :func:`~calmflow_sc.module.backbone.apply_finetuning`).
     lora_kwargs
@@ -128,6 +134,7 @@ class CaLMFlowModule(nn.Module):
         vocab_size: int = 64,
         finetune: FinetuneMode = "full",
         residual: bool = False,
+        prompt_sum: bool = False,
         lora_kwargs: dict[str, Any] | None = None,
         from_pretrained_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -170,6 +177,8 @@ class CaLMFlowModule(nn.Module):
         self.mu_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, z))
         self.logvar_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, z))
         self.decoder = _mlp(k * z, dec_hidden, self.n_features, 0.0)
+        self.prompt_sum = bool(prompt_sum)
+        self.prompt_projection = nn.Linear(hidden, hidden) if self.prompt_sum else None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -201,11 +210,21 @@ class CaLMFlowModule(nn.Module):
         embeddings = self.base_model.get_input_embeddings()(prompt_ids.to(device))
         return embeddings, prompt_mask.to(device=device, dtype=torch.long)
 
-    def encode_states(self, states: torch.Tensor) -> torch.Tensor:
-        """Encode states ``(B, n, P, D)`` (time-major) into flow tokens ``(B, n*P*K, H)``."""
+    def encode_states(self, states: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode states ``(B, n, P, D)`` (time-major) into flow tokens ``(B, n*P*K, H)``.
+
+        ``condition`` ``(B, H)``, when given, is added to every token (see ``prompt_sum``).
+        """
         b, n, p, _ = states.shape
-        tokens = self.encoder(states)  # (B, n, P, K*H)
-        return tokens.reshape(b, n * p * self.n_spatial_tokens, self.hidden_size)
+        tokens = self.encoder(states).reshape(b, n * p * self.n_spatial_tokens, self.hidden_size)
+        return tokens if condition is None else tokens + condition.unsqueeze(1)
+
+    def _prompt_condition(self, prompt_emb: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
+        """Compute the ``prompt_sum`` vector ``(B, H)``: the projected sum of the real prompt tokens' embeddings."""
+        if self.prompt_projection is None or prompt_emb is None:
+            return None
+        summed = (prompt_emb * mask.unsqueeze(-1).to(prompt_emb.dtype)).sum(dim=1)
+        return self.prompt_projection(summed)
 
     def _run_backbone(
         self,
@@ -301,8 +320,8 @@ class CaLMFlowModule(nn.Module):
         self._check_paths(paths)
         b, p, n, _ = paths.shape
         inputs = paths[:, :, :-1].transpose(1, 2)  # (B, N-1, P, D), time-major
-        flow = self.encode_states(inputs)
         prompt_emb, mask = self._embed_prompt(prompt_ids, prompt_mask, b)
+        flow = self.encode_states(inputs, self._prompt_condition(prompt_emb, mask))
         embeddings = flow if prompt_emb is None else torch.cat([prompt_emb, flow], dim=1)
         attention_mask, position_ids = self._masks_and_positions(mask, flow.shape[1], start=0)
         hidden, _ = self._run_backbone(embeddings, attention_mask, position_ids)
@@ -386,13 +405,14 @@ class CaLMFlowModule(nn.Module):
         try:
             b, p, _ = x0.shape
             prompt_emb, mask = self._embed_prompt(prompt_ids, prompt_mask, b)
+            condition = self._prompt_condition(prompt_emb, mask)
             n_prompt = mask.shape[1]
             tokens_per_step = p * self.n_spatial_tokens
             states = [x0]
             cache = None
             for step in range(self.n_time_points - 1):
                 if use_cache:
-                    new = self.encode_states(states[-1].unsqueeze(1))
+                    new = self.encode_states(states[-1].unsqueeze(1), condition)
                     start = step * tokens_per_step
                     embeddings = new if (step > 0 or prompt_emb is None) else torch.cat([prompt_emb, new], 1)
                     attention_mask, position_ids = self._masks_and_positions(mask, start + tokens_per_step, start=start)
@@ -402,7 +422,7 @@ class CaLMFlowModule(nn.Module):
                         embeddings, attention_mask, position_ids, past_key_values=cache, use_cache=True
                     )
                 else:
-                    flow = self.encode_states(torch.stack(states, dim=1))
+                    flow = self.encode_states(torch.stack(states, dim=1), condition)
                     embeddings = flow if prompt_emb is None else torch.cat([prompt_emb, flow], dim=1)
                     attention_mask, position_ids = self._masks_and_positions(mask, flow.shape[1], start=0)
                     hidden, _ = self._run_backbone(embeddings, attention_mask, position_ids)

@@ -10,6 +10,7 @@ from anndata import AnnData
 from calmflow_sc.tl._distances import energy_distance, mmd
 from calmflow_sc.tl._expression import r2_mean, top_degs
 
+#: Name and definition of every metric that :func:`evaluate` reports.
 METRICS = {
     "energy_distance": "energy distance, plain Euclidean, V-statistic, in gene space (lower is better)",
     "mmd": "MMD^2, RBF kernel with widths 0.5/1/2 x pooled median distance, gene space (lower is better)",
