@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?= $(if $(CALMFLOW_DATA),$(CALMFLOW_DATA),../shared/data/norman19_mcfaline23_devel.h5ad)
 
-.PHONY: venv test lint demo bench clean docs peers peers-env
+.PHONY: venv test lint demo bench clean docs peers peers-env tutorials
 
 venv: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tutorials/execute.py
 
 test: lint
 	$(PY) -m pytest -n 2 --dist loadfile
@@ -26,14 +26,16 @@ demo: $(STAMP)
 	@test -f "$(DATA)" || { echo "Data file not found: $(DATA)"; echo "Put norman19_mcfaline23_devel.h5ad in ../shared/data/ or run: make demo DATA=/path/to/file.h5ad"; exit 2; }
 	$(PY) -m calmflow_sc.demo --data "$(DATA)" --out demo_output
 
-# Budget (measured on the 2-core dev machine; more when it is shared): toy2d ~8 min, toy2d_ablations ~10 CPU-min,
-# highdim ~6 CPU-min, norman_combos ~25 min, cell_line_transfer ~BUDGET_CLT, assemble_results seconds: about 1 h in all.
+# Budget (wall time of the committed runs on the 2-core dev machine; more when it is shared): toy2d ~8 min,
+# toy2d_ablations ~36 min, highdim ~8 min, norman_combos ~10 min, cell_line_transfer ~2 min, metrics_speed ~2 min,
+# assemble_results seconds: about 65 min in all. `make peers`, benchmarks/speed.py (~5 min) and benchmarks/scale.py (~3 min) run apart.
 bench: $(STAMP)
 	$(PY) benchmarks/toy2d.py
-	OMP_NUM_THREADS=1 $(PY) benchmarks/toy2d_ablations.py --threads 1
+	OMP_NUM_THREADS=1 $(PY) benchmarks/toy2d_ablations.py --budget 40 --threads 1
 	OMP_NUM_THREADS=1 $(PY) benchmarks/highdim.py --threads 1
 	$(PY) benchmarks/norman_combos.py --data "$(DATA)"
 	OMP_NUM_THREADS=1 $(PY) benchmarks/cell_line_transfer.py --data "$(DATA)" --threads 1
+	OMP_NUM_THREADS=1 $(PY) benchmarks/metrics_speed.py --threads 1
 	$(PY) benchmarks/assemble_results.py
 
 # Peer methods (CPA, CellFlow) on the held-out Norman doubles, each in its own venv (never a dependency of the package).
@@ -64,6 +66,10 @@ peers: $(STAMP) peers-env
 	$(CPA_VENV)/bin/python $(PEERS)/run_cpa.py --work $(PEERS_WORK) --budget $(PEER_BUDGET)
 	$(CELLFLOW_VENV)/bin/python $(PEERS)/run_cellflow.py --work $(PEERS_WORK) --budget $(PEER_BUDGET)
 	$(PY) $(PEERS)/evaluate_peers.py --data "$(DATA)" --work $(PEERS_WORK)
+
+# Execute the tutorials in place with their full settings (the docs render these committed outputs); ~4 min.
+tutorials: $(STAMP)
+	CALMFLOW_DATA="$(abspath $(DATA))" $(PY) tutorials/execute.py
 
 # HTML documentation in docs/_build/html (warnings are errors); tutorials are rendered with their committed outputs.
 $(VENV)/.docs-installed: $(STAMP)

@@ -139,6 +139,59 @@ def cell_line_transfer(r: dict, link: str) -> list[str]:
     ]
 
 
+def speed(r: dict, link: str) -> list[str]:
+    """Sampling with the key/value cache, training throughput, options, sampling vs CFM."""
+    lines = [
+        "Sampling 1,000 cells (gpt-neox-small, D=50, P=4, N=16): key/value cache vs re-encoding every step. "
+        + _provenance(r, link),
+        "",
+        "| K | cached (s) | re-encode (s) | speed-up | cached / teacher-forced forward | identical |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in r["cache"]:
+        lines.append(
+            f"| {c['K']} | {c['cached_seconds']:.2f} | {c['reencode_seconds']:.2f} | "
+            f"{c['speedup_cache_vs_reencode']:.1f}x | {c['cached_over_teacher_forced']:.2f} | "
+            f"{c['identical_within_1e-4_relative']} |"
+        )
+    training, cfm = r["training"], r["cfm"]
+    lines += [
+        "",
+        f"Training the default model: {training['fp32']['cells_per_second']:.0f} cells/s (fp32), "
+        f"bf16-mixed {training['bf16_speedup']:.2f}x; bf16 sampling {r['bf16_sampling']['speedup']:.2f}x; "
+        f"torch.compile of the loss {r['compile']['speedup']:.2f}x. Sampling vs CFM on {cfm['task']}: CaLMFlow "
+        f"W2 {cfm['calmflow']['w2']:.3f} in {cfm['calmflow']['seconds_1000']:.3f} s per 1,000 samples; the "
+        f"cheapest CFM setting at least as good ({cfm['matched']['solver']} {cfm['matched']['setting']}, W2 "
+        f"{cfm['matched']['w2']:.3f}) takes {cfm['matched']['seconds_1000']:.4f} s.",
+    ]
+    return lines
+
+
+def scale(r: dict, link: str) -> list[str]:
+    """A backed file of a million cells: time and peak memory per phase."""
+    lines = [
+        f"{r['n_cells']:,} cells x {r['n_genes']:,} genes, backed .h5ad; peak RSS {r['peak_rss_gib']:.2f} GiB "
+        f"(under 4 GiB: {r['target_met_under_4gib']}). " + _provenance(r, link),
+        "",
+        "| phase | seconds | peak RSS (GiB) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {ph['seconds']:.0f} | {ph['peak_rss_gib']:.2f} |" for name, ph in r["phases"].items()]
+    return lines
+
+
+def metrics_speed(r: dict, link: str) -> list[str]:
+    """Time of each tl distance on two sets of 10^4 cells."""
+    lines = [
+        f"{r['n_cells']:,} x {r['n_cells']:,} cells, best of {r['repeats']}. " + _provenance(r, link),
+        "",
+        "| dimensions | metric | seconds |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {row['dim']} | {row['metric']} | {row['seconds']:.2f} |" for row in r["rows"]]
+    return lines
+
+
 RENDERERS: dict[str, tuple[str, Callable[[dict, str], list[str]]]] = {
     "toy2d": ("Toy 2-D (CaLMFlow vs CFM, equal wall-clock)", toy2d),
     "toy2d_ablations": ("Toy 2-D ablations (K, P, N, beta, temperature)", toy2d_ablations),
@@ -146,6 +199,9 @@ RENDERERS: dict[str, tuple[str, Callable[[dict, str], list[str]]]] = {
     "norman_combos": ("Unseen combinations (Norman 2019)", norman_combos),
     "peers_norman_combos": ("Peers on the unseen combinations", peers_norman_combos),
     "cell_line_transfer": ("Cell-line transfer", cell_line_transfer),
+    "speed": ("Speed on CPU", speed),
+    "scale": ("Scale: a million cells from disk", scale),
+    "metrics_speed": ("Time of the distances", metrics_speed),
 }
 
 

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--backbone", default="gpt-neox-small")
     parser.add_argument("--n-components", type=int, default=50)
-    parser.add_argument("--beta", type=float, default=0.3, help="KL weight (the model's default, the paper's value)")
+    parser.add_argument("--beta", type=float, default=0.03, help="KL weight (the model's default; the paper uses 0.3)")
     parser.add_argument("--path-sigma", type=float, default=0.0, help="path noise at interior time points")
     parser.add_argument(
         "--temperatures",
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sources", nargs="+", default=["noise", "control"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
-        "--prompt-sum", action="store_true", help="add the projected prompt-embedding sum to every flow token"
+        "--cell-types", nargs="+", default=None, help="train on these cell types only (default: all in the file)"
     )
     parser.add_argument("--skip-cfm", action="store_true", help="leave CFM out (quick explorations)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
 
     adata = sc.read_h5ad(args.data)
+    if args.cell_types:
+        adata = adata[adata.obs["cell_type"].isin(args.cell_types)].copy()
     held = BOTH_SEEN + ONE_SEEN
     real = adata[adata.obs[KEY].isin([*held, "control"]) & (adata.obs["cell_type"] == "k562")].copy()
     train_view = adata[~adata.obs[KEY].isin(held)].copy()
@@ -101,7 +103,6 @@ def main(argv: list[str] | None = None) -> dict:
             source=source,
             beta=args.beta,
             path_sigma=args.path_sigma,
-            prompt_sum=args.prompt_sum,
         )
         t0 = time.perf_counter()
         model.train(

@@ -208,7 +208,7 @@ def _training_breakdown(prof: cProfile.Profile, total: float) -> dict:
         ),
         "PCA projection of the batch": cumulative("_training_plan", "_coordinates"),
         "grouping into sequences": cumulative("sequences", "group_into_sequences"),
-        "source pairing (minibatch OT)": cumulative("sequences", "pair_within_groups"),
+        "source coupling (per-condition exact OT, once per epoch)": cumulative("coupling", "resample"),
         "module forward + loss (of which backbone below)": cumulative("module/calmflow", "loss"),
         "  backbone forward": cumulative("module/calmflow", "_run_backbone"),
         "backward": cumulative("torch/autograd/__init__", "backward"),

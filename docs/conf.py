@@ -99,6 +99,8 @@ html_theme_options = {
 RESULTS = ROOT / "benchmarks" / "results"
 RESULTS_FIRST = ["toy2d.md", "norman_combos.md", "norman_combos_explorations.md"]
 RESULTS_MARKER = "<!-- benchmark-results -->"
+#: Overviews for browsing the repository (links relative to the results folder); the page has every report.
+RESULTS_SKIP = {"README_table.md"}
 
 
 def _benchmark_includes() -> str:
@@ -107,7 +109,7 @@ def _benchmark_includes() -> str:
     Each file's own title becomes a section heading (with the file name where titles repeat, as
     for the exploration runs) and the rest of the file is included one heading level down.
     """
-    names = sorted(p.name for p in RESULTS.glob("*.md"))
+    names = sorted(p.name for p in RESULTS.glob("*.md") if p.name not in RESULTS_SKIP)
     ordered = [n for n in RESULTS_FIRST if n in names] + [n for n in names if n not in RESULTS_FIRST]
     titles = {}
     for name in ordered:

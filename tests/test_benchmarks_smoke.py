@@ -159,3 +159,18 @@ def test_assemble_results(tmp_path):
     assert (tmp_path / "README_table.md").read_text() == text
     with pytest.raises(FileNotFoundError):
         assemble_results.main(["--results", str(tmp_path / "empty")])
+
+
+def test_metrics_speed_main(tmp_path):
+    import metrics_speed
+
+    res = metrics_speed.main(["--n-cells", "300", "--dims", "4", "--repeats", "1", "--out", str(tmp_path)])
+    values = {r["metric"]: r["value"] for r in res["rows"]}
+    assert len(values) == 5 and all(r["seconds"] >= 0 for r in res["rows"])
+    # the clouds are 0.5 apart in every dimension: every distance sees it (two draws of one cloud of
+    # 300 cells give an energy distance of about 0.01, the bias of the V-statistic)
+    assert values["mmd"] > 0 and values["energy_distance"] > 0.1
+    # with squared distances the statistic is 2 ||mean(x) - mean(y)||^2, about 2 * 4 * 0.5**2 here
+    assert values["energy_distance (squared)"] == pytest.approx(2.0, rel=0.25)
+    assert values["wasserstein (exact, 2,000-cell subsamples)"] > 0.5
+    assert (tmp_path / "metrics_speed.md").read_text().count("| 4 |") == 5

@@ -244,3 +244,19 @@ def test_residual_decoding_is_causal_and_cache_consistent():
     torch.nn.init.zeros_(m.decoder[-1].weight)
     torch.nn.init.zeros_(m.decoder[-1].bias)
     torch.testing.assert_close(m(paths, temperature=0.0).prediction, paths[:, :, :-1])
+
+
+@pytest.mark.parametrize("n_time_points", [3, 9])
+def test_residual_module_decodes_velocities_and_scores_them_in_velocity_units(n_time_points):
+    m = make(n_time_points=n_time_points, residual=True, beta=0.0).eval()
+    velocity = torch.linspace(-1.0, 1.0, D)
+    torch.nn.init.zeros_(m.decoder[-1].weight)
+    with torch.no_grad():
+        m.decoder[-1].bias.copy_(velocity)  # the decoder outputs this velocity whatever the latent
+    x0 = torch.randn(4, 1, D)
+    final = m.sample(x0, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(final, x0 + velocity)  # N - 1 steps of dt * v reach x0 + v for any N
+    exact = m.loss(x0, x0 + velocity)
+    assert exact.reconstruction.item() < 1e-8
+    off = m.loss(x0, x0 + velocity + 0.5)  # a velocity error of 0.5 in every dimension, whatever N
+    torch.testing.assert_close(off.reconstruction, torch.tensor(0.25 * D), rtol=1e-4, atol=1e-4)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calmflow_sc.data import ControlPool, PromptBuilder, group_into_sequences, train_condition_tokenizer
+from calmflow_sc.data import (
+    ConditionCoupling,
+    ControlPool,
+    PromptBuilder,
+    group_into_sequences,
+    train_condition_tokenizer,
+)
 
 gene = st.from_regex(r"[A-Z][A-Z0-9\-]{0,7}", fullmatch=True)
 
@@ -65,31 +72,66 @@ def test_control_pool_draws_from_the_right_context():
     with pytest.raises(ValueError, match="no control cells"):
         pool.sample(torch.tensor([2]))
     targets = torch.randn(4, 2, 2)
-    ot_sources = pool.sources_for(
-        targets, torch.tensor([1, 1, 0, 0]), pairing="ot", generator=torch.Generator().manual_seed(0)
-    )
-    assert ot_sources.shape == targets.shape
+    sources = pool.sources_for(targets, torch.tensor([1, 1, 0, 0]), generator=torch.Generator().manual_seed(0))
+    assert sources.shape == targets.shape
+    assert set(sources[2:, :, 0].flatten().tolist()) <= {2.0, 6.0}
 
 
-def test_ot_pairing_keeps_each_conditions_random_sources():
-    # Two conditions in one context, far apart; OT must only permute sources within a condition, so each
-    # condition keeps exactly the controls drawn for it (their marginal stays that of random controls).
-    coords = torch.linspace(-5, 5, 40).view(20, 2).numpy()
-    pool = ControlPool(coords, contexts=[0] * 20)
-    targets = torch.cat([torch.full((10, 2, 2), -10.0), torch.full((10, 2, 2), 10.0)])
-    contexts, groups = torch.zeros(20, dtype=torch.long), torch.tensor([0] * 10 + [1] * 10)
-    random = pool.sources_for(targets, contexts, pairing="random", generator=torch.Generator().manual_seed(3))
-    paired = pool.sources_for(
-        targets, contexts, pairing="ot", groups=groups, generator=torch.Generator().manual_seed(3)
-    )
-    for g in (0, 1):
-        rows = groups == g
-        before = sorted(map(tuple, random[rows].reshape(-1, 2).tolist()))
-        after = sorted(map(tuple, paired[rows].reshape(-1, 2).tolist()))
-        assert before == after
-    # pairing across the whole context instead hands condition 1 the controls nearest +10
-    pooled = pool.sources_for(targets, contexts, pairing="ot", generator=torch.Generator().manual_seed(3))
-    assert pooled[10:].mean() > paired[10:].mean() + 1.0
+def _shifted_screen(n=30, d=3, seed=0):
+    """Controls of two contexts, and per context two conditions that shift that context's controls."""
+    rng = np.random.default_rng(seed)
+    controls = rng.normal(size=(2 * n, d)).astype(np.float32)
+    control_context = np.repeat([0, 1], n)
+    shifts = {0: np.full(d, 4.0), 1: np.full(d, -3.0)}
+    targets, groups, contexts = [], [], []
+    for context in (0, 1):
+        for condition in (0, 1):
+            targets.append(controls[control_context == context] + shifts[condition])
+            groups += [2 * condition + context] * n
+            contexts += [context] * n
+    return ControlPool(controls, control_context), np.concatenate(targets), np.array(groups), np.array(contexts)
+
+
+def test_condition_coupling_recovers_a_pure_shift_and_never_crosses_conditions():
+    pool, targets, groups, contexts = _shifted_screen()
+    rows = np.arange(len(targets)) + 7  # AnnData rows need not start at 0
+    coupling = ConditionCoupling(rows, targets, groups, source="control", contexts=contexts, control_pool=pool)
+    coupling.resample(torch.Generator().manual_seed(0))
+    sources = coupling.sources_of(torch.as_tensor(rows)).numpy()
+    # each condition draws its whole context's pool without replacement, and OT undoes the shift exactly
+    for g in np.unique(groups):
+        in_group = groups == g
+        context_controls = pool.coordinates[torch.as_tensor(pool.contexts == contexts[in_group][0])].numpy()
+        assert sorted(map(tuple, sources[in_group].round(5))) == sorted(map(tuple, context_controls.round(5)))
+    expected = np.where(groups // 2 == 0, 4.0, -3.0)[:, None] * np.ones_like(targets)
+    np.testing.assert_allclose(targets - sources, expected, atol=1e-5)
+    # a random pairing of the same sources is far from that
+    shuffled = sources[np.random.default_rng(1).permutation(len(sources))]
+    assert np.abs(targets - shuffled - expected).max() > 1.0
+
+
+def test_condition_coupling_blocks_noise_and_unknown_rows():
+    _, targets, groups, _ = _shifted_screen(n=25)
+    rows = np.arange(len(targets))
+    coupling = ConditionCoupling(rows, targets, groups, source="noise", block_size=8)
+    coupling.resample(torch.Generator().manual_seed(0))
+    first = coupling.sources_of(torch.as_tensor(rows).view(10, 10)).clone()
+    assert first.shape == (10, 10, targets.shape[1]) and torch.isfinite(first).all()
+    coupling.resample(torch.Generator().manual_seed(0))
+    torch.testing.assert_close(coupling.sources_of(torch.as_tensor(rows).view(10, 10)), first)  # seeded: repeatable
+    coupling.resample(torch.Generator().manual_seed(1))
+    assert not torch.equal(coupling.sources_of(torch.as_tensor(rows).view(10, 10)), first)  # re-drawn each epoch
+    # blocks of 8 within each condition: sources are closer to their cells than a random assignment
+    paired = ((coupling.sources - coupling.targets) ** 2).sum(1).mean()
+    shuffled = ((coupling.sources[torch.randperm(len(rows))] - coupling.targets) ** 2).sum(1).mean()
+    assert paired < shuffled
+    with pytest.raises(IndexError, match="not built for"):
+        coupling.sources_of(torch.tensor([len(rows) + 3]))
+    partial = ConditionCoupling(rows[:10] * 2, targets[:10], groups[:10], source="noise")
+    with pytest.raises(IndexError, match="not built for"):
+        partial.sources_of(torch.tensor([1]))
+    with pytest.raises(ValueError, match="control pool"):
+        ConditionCoupling(rows, targets, groups, source="control")
 
 
 @settings(max_examples=15, deadline=None)

@@ -159,10 +159,11 @@ def to_markdown(results: dict, summary: pd.DataFrame) -> str:
     ]
     for peer, run in results["runs"].items():
         if run.get("status") == "ok":
+            progress = f"{run['iterations']} iterations" if "iterations" in run else f"{run.get('epochs', '?')} epochs"
             lines.append(
                 f"- **{peer}** {run.get('version')}: {run.get('settings')}; "
                 f"training {run.get('train_seconds', 0):.0f} s "
-                f"(budget {run.get('budget_seconds', 0):.0f} s, {run.get('epochs', '?')} epochs), "
+                f"(budget {run.get('budget_seconds', 0):.0f} s, {progress}), "
                 f"Python {run.get('python')}, {run.get('backend', '')}."
             )
         else:

@@ -180,7 +180,6 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {**model_settings, "batch_size": args.batch_size, "n_comps": args.n_comps, "seed": args.seed},
         "train_seconds": train_seconds,
         "iterations": iterations,
-        "epochs": f"{iterations} iterations",
         "n_predicted": int(pred.n_obs),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

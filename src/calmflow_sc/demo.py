@@ -44,7 +44,7 @@ def run_demo(
     perturbation_key: str = "condition",
     context_key: str = "cell_type",
     context_value: str = "k562",
-    max_epochs: int = 6,
+    max_epochs: int = 15,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Train, predict held-out combinations, evaluate against baselines, write results.
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         "--data", type=Path, default=os.environ.get("CALMFLOW_DATA"), help="h5ad file (default: $CALMFLOW_DATA)"
     )
     parser.add_argument("--out", type=Path, default=Path("demo_output"))
-    parser.add_argument("--max-epochs", type=int, default=6)
+    parser.add_argument("--max-epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.data is None or not Path(args.data).exists():

@@ -7,8 +7,6 @@ from typing import Literal
 import numpy as np
 import torch
 
-from calmflow_sc.module.paths import minibatch_ot_permutation
-
 Pairing = Literal["random", "ot"]
 
 
@@ -46,30 +44,6 @@ def group_into_sequences(
             rows = torch.cat([rows, fill])
         groups.append(rows.view(-1, n_trajectories))
     return torch.cat(groups).to(keys.device)
-
-
-def pair_within_groups(sources: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Re-pair sources to targets by exact minibatch OT within each group of sequences.
-
-    Parameters
-    ----------
-    sources, targets
-        Sequences ``(S, P, D)``.
-    groups
-        Group (condition or context) of each sequence ``(S,)``; sources never cross groups.
-
-    Returns
-    -------
-    Sources permuted within groups, same shape.
-    """
-    s, p, d = targets.shape
-    per_row = groups.unsqueeze(1).expand(s, p).reshape(-1)
-    flat_src, flat_tgt = sources.reshape(-1, d), targets.reshape(-1, d)
-    out = flat_src.clone()
-    for group in torch.unique(per_row):
-        rows = torch.nonzero(per_row == group).squeeze(1)
-        out[rows] = flat_src[rows][minibatch_ot_permutation(flat_src[rows], flat_tgt[rows])]
-    return out.view(s, p, d)
 
 
 class ControlPool:
@@ -135,15 +109,12 @@ class ControlPool:
         return coords, idx.view(contexts.shape)
 
     def sources_for(
-        self,
-        targets: torch.Tensor,
-        contexts: torch.Tensor,
-        *,
-        pairing: Pairing = "random",
-        groups: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        self, targets: torch.Tensor, contexts: torch.Tensor, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Control sources for targets ``(S, P, D)`` with one context per sequence ``(S,)``.
+        """Independent control sources for targets ``(S, P, D)`` with one context per sequence ``(S,)``.
+
+        The paper's random pairing; optimal-transport pairing over whole conditions is
+        :class:`~calmflow_sc.data.ConditionCoupling`.
 
         Parameters
         ----------
@@ -151,15 +122,6 @@ class ControlPool:
             Target cells grouped into sequences.
         contexts
             Context index of each sequence.
-        pairing
-            ``"random"``: independent draws; ``"ot"``: draws re-paired to the targets of the same
-            group by exact minibatch optimal transport.
-        groups
-            Group of each sequence ``(S,)`` within which OT re-pairs (default: ``contexts``). Pass
-            the condition (perturbation and context) so that each condition keeps a random sample
-            of its context's controls as sources, exactly as at prediction time; pairing across
-            conditions would hand each condition the controls nearest its own cells, which a
-            prediction from random controls never sees.
         generator
             Random generator (CPU).
 
@@ -168,10 +130,5 @@ class ControlPool:
         Sources of the same shape as ``targets``.
         """
         s, p, _ = targets.shape
-        per_row = contexts.unsqueeze(1).expand(s, p)
-        sources, _ = self.sample(per_row, generator=generator)
-        if pairing == "random":
-            return sources
-        if pairing != "ot":
-            raise ValueError(f"pairing must be 'random' or 'ot', got {pairing!r}.")
-        return pair_within_groups(sources, targets, contexts if groups is None else groups)
+        sources, _ = self.sample(contexts.unsqueeze(1).expand(s, p), generator=generator)
+        return sources

@@ -17,7 +17,7 @@ from anndata import AnnData
 from lightning.pytorch.trainer.states import TrainerStatus
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalJointObsField, CategoricalObsField, LayerField
+from scvi.data.fields import CategoricalJointObsField, CategoricalObsField, LayerField, NumericalObsField
 from scvi.dataloaders import DataSplitter
 from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import BaseModelClass
@@ -25,6 +25,7 @@ from scvi.train import TrainRunner
 from tqdm.auto import tqdm
 
 from calmflow_sc import __version__
+from calmflow_sc.data.coupling import ConditionCoupling
 from calmflow_sc.data.expression import log_normalize, looks_like_counts
 from calmflow_sc.data.prompts import PromptBuilder
 from calmflow_sc.data.representation import PCARepresentation, iter_row_chunks
@@ -57,6 +58,8 @@ class _SourceDraw(NamedTuple):
 
 
 OBSM_KEY = "X_calmflow"
+#: obs column holding each cell's row number, registered so that batches say which cells they hold.
+INDEX_COLUMN = "_calmflow_index"
 #: Above this many matrix entries (cells x genes) the PCA is fitted streaming, chunk by chunk.
 STREAMING_PCA_ELEMENTS = 2**27
 UNS_KEY = "calmflow"
@@ -84,11 +87,13 @@ class CaLMFlowModel(BaseModelClass):
         Where flows start: ``"noise"`` (the paper) or ``"control"`` (a control cell of the same
         context, so predictions are counterfactuals of real cells).
     pairing
-        Pairing of sources with targets in a minibatch: minibatch optimal transport (``"ot"``: noise
-        within each condition, control cells within each context) or ``"random"`` (the paper).
-        Teacher forcing on a straight path reveals its target after one step, so with random pairing
-        the first step must guess the target and collapses towards the mean; OT pairing makes the
-        target predictable from the source (see ``benchmarks/results/toy2d.md``).
+        Pairing of sources with training cells: ``"ot"`` couples every cell with a source (noise, or
+        a control cell of its context) by exact optimal transport over all the training cells of
+        its condition, re-drawn every epoch (:class:`~calmflow_sc.data.ConditionCoupling`);
+        ``"random"`` draws independent sources per batch (the paper). Teacher forcing on a straight
+        path reveals its target after one step, so with random pairing the first step must guess
+        the target and the generated cells collapse towards the condition's mean; OT pairing makes
+        the target predictable from the source.
     n_spatial_tokens
         ``K``, tokens per state.
     n_trajectories
@@ -96,13 +101,16 @@ class CaLMFlowModel(BaseModelClass):
     n_time_points
         ``N``, points of the time grid.
     beta
-        KL weight (paper: 0.3 for single cells).
+        KL weight of the variational decoder. The paper uses 0.3 for single cells; 0.03 is the
+        default here: on the held-out Norman doubles it matched 0.003 and beat 0.3 where both
+        singles were seen, and beat both on the double with one single seen
+        (``benchmarks/results/norman_combos_explorations.md``).
     temperature
         Default sampling temperature of predictions.
     finetune
         ``"full"``, ``"lora"`` or ``"frozen"`` backbone training.
     residual
-        Decode increments ``z_{i+1} - z_i`` rather than states (see
+        Decode velocities ``(z_{i+1} - z_i) / dt`` rather than states (see
         :class:`~calmflow_sc.module.CaLMFlowModule`).
     lora_kwargs
         LoRA options (``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``target_modules``).
@@ -143,7 +151,7 @@ class CaLMFlowModel(BaseModelClass):
         n_spatial_tokens: int = 1,
         n_trajectories: int = 4,
         n_time_points: int = 16,
-        beta: float = 0.3,
+        beta: float = 0.03,
         temperature: float = 1.0,
         finetune: Literal["full", "lora", "frozen"] = "full",
         residual: bool = True,
@@ -250,6 +258,12 @@ class CaLMFlowModel(BaseModelClass):
             Layer to use instead of ``X``.
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
+
+        Notes
+        -----
+        Besides scvi-tools' ``_scvi_*`` columns, registration adds ``obs['_calmflow_index']`` (the
+        row number of each cell, as scvi-tools models such as MrVI do), so that training batches
+        carry which cells they hold and each cell keeps the source it was coupled with.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         if not isinstance(adata, AnnData):
@@ -282,9 +296,11 @@ class CaLMFlowModel(BaseModelClass):
                 "%s looks like counts: it will be log-normalised (log1p, total 1e4) on the fly.",
                 "adata.X" if layer is None else f"layer {layer!r}",
             )
+        adata.obs[INDEX_COLUMN] = np.arange(adata.n_obs, dtype=np.int64)
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(PERTURBATION_KEY, perturbation_key),
+            NumericalObsField(REGISTRY_KEYS.INDICES_KEY, INDEX_COLUMN),
         ]
         if context_keys:
             fields.append(CategoricalJointObsField(CONTEXT_KEY, context_keys))
@@ -509,6 +525,7 @@ class CaLMFlowModel(BaseModelClass):
         rep = self._representation
         ids, prompt_mask = self._prompt_table()
         pool = self._control_pool() if self.source == "control" else None
+        coupling = self._coupling(np.concatenate([train_idx, val_idx]), pool) if self.pairing == "ot" else None
         plan = self._training_plan_cls(
             self.module,
             pca_mean=torch.as_tensor(rep.mean),
@@ -520,7 +537,7 @@ class CaLMFlowModel(BaseModelClass):
             context_radix=[len(self.context_categories_[k]) for k in self.context_keys_],
             source=self.source,
             control_pool=pool,
-            pairing=self.pairing,
+            coupling=coupling,
             seed=seed,
             epoch_offset=self.epochs_trained_ if continue_training else 0,
             optimizer_state=self.optimizer_state_ if continue_training else None,
@@ -570,6 +587,22 @@ class CaLMFlowModel(BaseModelClass):
             self._keep_training_state(runner, continue_training)
         finally:
             self.module.eval()
+
+    def _coupling(self, rows: np.ndarray, pool: ControlPool | None) -> ConditionCoupling:
+        """OT coupling of the cells ``rows`` (training and validation) with sources, within conditions."""
+        adata, rep = self.adata, self._representation
+        adata.obs[INDEX_COLUMN] = np.arange(adata.n_obs, dtype=np.int64)  # rows may have moved since setup
+        rows = np.sort(rows)
+        targets = np.empty((len(rows), rep.n_components), dtype=np.float32)
+        start = 0
+        for chunk in self._log_normalized_rows(adata, rows):  # a chunk at a time: works backed
+            targets[start : start + chunk.shape[0]] = rep.transform(chunk)
+            start += chunk.shape[0]
+        obs = adata.obs.iloc[rows]
+        perturbation = pd.Index(self.perturbation_categories_).get_indexer(obs[self.perturbation_key_].astype(str))
+        contexts = self._obs_context_index(obs) if self.context_keys_ else np.zeros(len(rows), dtype=np.int64)
+        groups = perturbation.astype(np.int64) * max(len(self._context_combinations), 1) + contexts
+        return ConditionCoupling(rows, targets, groups, source=self.source, contexts=contexts, control_pool=pool)
 
     def _keep_training_state(self, runner: TrainRunner, continued: bool) -> None:
         """Remember the optimizer state and epoch count, so a later ``train`` call continues."""

@@ -8,8 +8,9 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.train import TrainingPlan
 
+from calmflow_sc.data.coupling import ConditionCoupling
 from calmflow_sc.data.expression import TARGET_SUM
-from calmflow_sc.data.sequences import ControlPool, Pairing, group_into_sequences, pair_within_groups
+from calmflow_sc.data.sequences import ControlPool, group_into_sequences
 from calmflow_sc.module import CaLMFlowModule
 
 PERTURBATION_KEY = "perturbation"
@@ -39,10 +40,11 @@ class CaLMFlowTrainingPlan(TrainingPlan):
     source
         ``"noise"`` or ``"control"``.
     control_pool
-        Control cells by context (required for ``source="control"``).
-    pairing
-        Pairing of sources with targets: ``"random"`` or ``"ot"`` (minibatch optimal transport
-        within each condition).
+        Control cells by context (required for ``source="control"`` with random pairing).
+    coupling
+        Optimal-transport coupling of every training cell with a source within its condition
+        (:class:`~calmflow_sc.data.ConditionCoupling`), re-drawn at the start of every epoch. Without
+        it, sources are drawn independently for every batch (the paper's random pairing).
     seed
         With a seed, every epoch reseeds the random number generators from ``(seed, epoch)``, so
         that training continued later (same seed) draws what an uninterrupted run would have.
@@ -67,7 +69,7 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         context_radix: list[int],
         source: Literal["noise", "control"] = "noise",
         control_pool: ControlPool | None = None,
-        pairing: Pairing = "random",
+        coupling: ConditionCoupling | None = None,
         seed: int | None = None,
         epoch_offset: int = 0,
         optimizer_state: dict[str, Any] | None = None,
@@ -86,9 +88,9 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         self.context_radix = list(context_radix)
         self.source = source
         self.control_pool = control_pool
-        self.pairing = pairing
-        if source == "control" and control_pool is None:
-            raise ValueError("source='control' needs a control pool.")
+        self.coupling = coupling
+        if source == "control" and control_pool is None and coupling is None:
+            raise ValueError("source='control' needs a control pool or a coupling.")
         self.seed = seed
         self.epoch_offset = int(epoch_offset)
         self.optimizer_state = optimizer_state
@@ -123,14 +125,12 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         seq_perturbation, seq_context = perturbation[seq[:, 0]], context[seq[:, 0]]
         ids = self.prompt_ids[seq_perturbation, seq_context]
         mask = self.prompt_mask[seq_perturbation, seq_context]
-        if self.source == "control":
-            x0 = self.control_pool.sources_for(
-                x1, seq_context, pairing=self.pairing, groups=keys[seq[:, 0]], generator=self._cpu_generator
-            ).to(x1.device)
+        if self.coupling is not None:
+            x0 = self.coupling.sources_of(batch[REGISTRY_KEYS.INDICES_KEY].view(n)[seq.cpu()]).to(x1)
+        elif self.source == "control":
+            x0 = self.control_pool.sources_for(x1, seq_context, generator=self._cpu_generator).to(x1.device)
         else:
             x0 = torch.randn(x1.shape, generator=self._generator, device=x1.device, dtype=x1.dtype)
-            if self.pairing == "ot":
-                x0 = pair_within_groups(x0, x1, keys[seq[:, 0]])
         return self.module.loss(x0, x1, ids, mask, generator=self._generator), seq.shape[0]
 
     # ------------------------------------------------------------------- lightning
@@ -183,6 +183,7 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         self._cpu_generator = torch.Generator()
         self._generator = self._cpu_generator if device.type == "cpu" else torch.Generator(device=device)
         self._reseed(data_order=True)
+        self._recouple()  # for the validation sanity check; each epoch start couples again from its own seed
 
     def on_train_start(self) -> None:
         """Training mode (a loaded model starts in evaluation mode); continue the optimizer state."""
@@ -203,6 +204,11 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         latent noise), reseeded at every epoch start.
         """
         self._reseed(data_order=self.current_epoch > 0)
+        self._recouple()
+
+    def _recouple(self) -> None:
+        if self.coupling is not None:
+            self.coupling.resample(self._cpu_generator)
 
     def _reseed(self, *, data_order: bool) -> None:
         if self.seed is None:

@@ -48,7 +48,8 @@ class CaLMFlowLoss:
     loss
         ``reconstruction + beta * kl`` (the quantity minimised).
     reconstruction
-        Mean over batch, trajectories and steps of the squared error summed over ``D``.
+        Mean over batch, trajectories and steps of the squared error of the next state summed
+        over ``D`` (divided by ``dt**2``, i.e. in velocity units, for a residual module).
     kl
         Mean over output tokens of ``KL(N(mu, var) || N(0, I))`` summed over ``Z``.
     """
@@ -100,15 +101,14 @@ class CaLMFlowModule(nn.Module):
     vocab_size
         Vocabulary size of a preset backbone (the condition tokenizer's size).
     residual
-        Decode the increment ``z_{i+1} - z_i`` instead of the state itself (the loss is on states
-        either way). The paper decodes states (``False``); increments make the identity flow
-        trivial, which helps when sources are control cells close to their targets.
-    prompt_sum
-        Also add a learned linear map of the sum of the prompt's token embeddings to every flow
-        token (beyond the paper, which only prepends the prompt). The parts of a combination then
-        enter the flow additively, so an unseen combination of seen parts starts from the sum of
-        what each part taught the model; the prompt prefix is kept, so interactions can still be
-        learned through attention.
+        Decode the velocity ``(z_{i+1} - z_i) / dt`` (``dt = 1 / (N - 1)``) and step
+        ``z_{i+1} = z_i + dt * v`` instead of decoding the state itself; the reconstruction loss is
+        then measured in the same velocity units (the squared error of the next state over
+        ``dt**2``). The paper decodes states (``False``). Velocities make the identity flow trivial
+        and keep the decoder's targets of order one however fine the time grid, which matters when
+        sources are control cells close to their targets: per step, a state moves by a fraction
+        ``dt`` of the distance between source and target, which a decoder of increments (and the
+        KL term beside its loss) would have to resolve ``N - 1`` times more finely.
     finetune
         ``"full"``, ``"lora"`` or ``"frozen"`` (see :func:`~calmflow_sc.module.backbone.apply_finetuning`).
     lora_kwargs
@@ -134,7 +134,6 @@ class CaLMFlowModule(nn.Module):
         vocab_size: int = 64,
         finetune: FinetuneMode = "full",
         residual: bool = False,
-        prompt_sum: bool = False,
         lora_kwargs: dict[str, Any] | None = None,
         from_pretrained_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -177,14 +176,17 @@ class CaLMFlowModule(nn.Module):
         self.mu_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, z))
         self.logvar_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, z))
         self.decoder = _mlp(k * z, dec_hidden, self.n_features, 0.0)
-        self.prompt_sum = bool(prompt_sum)
-        self.prompt_projection = nn.Linear(hidden, hidden) if self.prompt_sum else None
 
     # ------------------------------------------------------------------ helpers
     @property
     def device(self) -> torch.device:
         """Device of the module's parameters."""
         return next(self.parameters()).device
+
+    @property
+    def dt(self) -> float:
+        """Step of the time grid, ``1 / (N - 1)``."""
+        return 1.0 / (self.n_time_points - 1)
 
     @property
     def base_model(self) -> PreTrainedModel:
@@ -210,21 +212,11 @@ class CaLMFlowModule(nn.Module):
         embeddings = self.base_model.get_input_embeddings()(prompt_ids.to(device))
         return embeddings, prompt_mask.to(device=device, dtype=torch.long)
 
-    def encode_states(self, states: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode states ``(B, n, P, D)`` (time-major) into flow tokens ``(B, n*P*K, H)``.
-
-        ``condition`` ``(B, H)``, when given, is added to every token (see ``prompt_sum``).
-        """
+    def encode_states(self, states: torch.Tensor) -> torch.Tensor:
+        """Encode states ``(B, n, P, D)`` (time-major) into flow tokens ``(B, n*P*K, H)``."""
         b, n, p, _ = states.shape
-        tokens = self.encoder(states).reshape(b, n * p * self.n_spatial_tokens, self.hidden_size)
-        return tokens if condition is None else tokens + condition.unsqueeze(1)
-
-    def _prompt_condition(self, prompt_emb: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
-        """Compute the ``prompt_sum`` vector ``(B, H)``: the projected sum of the real prompt tokens' embeddings."""
-        if self.prompt_projection is None or prompt_emb is None:
-            return None
-        summed = (prompt_emb * mask.unsqueeze(-1).to(prompt_emb.dtype)).sum(dim=1)
-        return self.prompt_projection(summed)
+        tokens = self.encoder(states)  # (B, n, P, K*H)
+        return tokens.reshape(b, n * p * self.n_spatial_tokens, self.hidden_size)
 
     def _run_backbone(
         self,
@@ -320,15 +312,15 @@ class CaLMFlowModule(nn.Module):
         self._check_paths(paths)
         b, p, n, _ = paths.shape
         inputs = paths[:, :, :-1].transpose(1, 2)  # (B, N-1, P, D), time-major
+        flow = self.encode_states(inputs)
         prompt_emb, mask = self._embed_prompt(prompt_ids, prompt_mask, b)
-        flow = self.encode_states(inputs, self._prompt_condition(prompt_emb, mask))
         embeddings = flow if prompt_emb is None else torch.cat([prompt_emb, flow], dim=1)
         attention_mask, position_ids = self._masks_and_positions(mask, flow.shape[1], start=0)
         hidden, _ = self._run_backbone(embeddings, attention_mask, position_ids)
         hidden = hidden[:, mask.shape[1] :].reshape(b, n - 1, p, self.n_spatial_tokens, self.hidden_size)
         states, mu, var = self._decode(hidden, temperature, generator)
         if self.residual:
-            states = states + inputs
+            states = inputs + self.dt * states
         return CaLMFlowOutput(prediction=states.transpose(1, 2), mu=mu.transpose(1, 2), var=var.transpose(1, 2))
 
     def loss(
@@ -359,6 +351,8 @@ class CaLMFlowModule(nn.Module):
         out = self.forward(paths, prompt_ids, prompt_mask, temperature=1.0, generator=generator)
         target = paths[:, :, 1:]
         reconstruction = (out.prediction - target).pow(2).sum(-1).mean()
+        if self.residual:  # in velocity units
+            reconstruction = reconstruction / self.dt**2
         kl = 0.5 * (out.var + out.mu.pow(2) - 1.0 - out.var.log()).sum(-1).mean()
         return CaLMFlowLoss(loss=reconstruction + self.beta * kl, reconstruction=reconstruction, kl=kl)
 
@@ -405,14 +399,13 @@ class CaLMFlowModule(nn.Module):
         try:
             b, p, _ = x0.shape
             prompt_emb, mask = self._embed_prompt(prompt_ids, prompt_mask, b)
-            condition = self._prompt_condition(prompt_emb, mask)
             n_prompt = mask.shape[1]
             tokens_per_step = p * self.n_spatial_tokens
             states = [x0]
             cache = None
             for step in range(self.n_time_points - 1):
                 if use_cache:
-                    new = self.encode_states(states[-1].unsqueeze(1), condition)
+                    new = self.encode_states(states[-1].unsqueeze(1))
                     start = step * tokens_per_step
                     embeddings = new if (step > 0 or prompt_emb is None) else torch.cat([prompt_emb, new], 1)
                     attention_mask, position_ids = self._masks_and_positions(mask, start + tokens_per_step, start=start)
@@ -422,13 +415,13 @@ class CaLMFlowModule(nn.Module):
                         embeddings, attention_mask, position_ids, past_key_values=cache, use_cache=True
                     )
                 else:
-                    flow = self.encode_states(torch.stack(states, dim=1), condition)
+                    flow = self.encode_states(torch.stack(states, dim=1))
                     embeddings = flow if prompt_emb is None else torch.cat([prompt_emb, flow], dim=1)
                     attention_mask, position_ids = self._masks_and_positions(mask, flow.shape[1], start=0)
                     hidden, _ = self._run_backbone(embeddings, attention_mask, position_ids)
                 last = hidden[:, -tokens_per_step:].reshape(b, 1, p, self.n_spatial_tokens, self.hidden_size)
                 nxt, _, _ = self._decode(last, temperature, generator)
-                states.append(nxt[:, 0] + states[-1] if self.residual else nxt[:, 0])
+                states.append(states[-1] + self.dt * nxt[:, 0] if self.residual else nxt[:, 0])
         finally:
             self.train(was_training)
         if return_trajectory:

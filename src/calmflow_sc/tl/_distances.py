@@ -33,12 +33,21 @@ def _pair(x, y, key):
     return torch.from_numpy(a), torch.from_numpy(b)
 
 
-def _block_sum(a: torch.Tensor, b: torch.Tensor, fn) -> torch.Tensor:
-    """Sum of ``fn(cdist(a_block, b_block))`` over all blocks (memory O(block^2))."""
+def _block_sum(a: torch.Tensor, b: torch.Tensor | None, fn, *, squared: bool = False) -> torch.Tensor:
+    """Sum of ``fn(D)`` over all pairs, ``D`` the Euclidean distances (squared if ``squared``).
+
+    Computed block by block (memory O(block^2)); ``fn`` may work in place on its argument. With
+    ``b=None`` the pairs are those of ``a`` with itself: only the blocks on and above the diagonal
+    are computed and those above it counted twice.
+    """
+    symmetric = b is None
+    b = a if symmetric else b
     total = torch.zeros((), dtype=torch.float64)
     for i in range(0, len(a), _BLOCK):
-        for j in range(0, len(b), _BLOCK):
-            total = total + fn(torch.cdist(a[i : i + _BLOCK], b[j : j + _BLOCK])).sum()
+        for j in range(i if symmetric else 0, len(b), _BLOCK):
+            d = torch.cdist(a[i : i + _BLOCK], b[j : j + _BLOCK])
+            block = fn(d.square_() if squared else d).sum(dtype=torch.float64)
+            total += 2 * block if symmetric and j > i else block
     return total
 
 
@@ -107,13 +116,18 @@ def mmd(
     if any(w <= 0 for w in widths):
         raise ValueError(f"kernel widths must be positive, got {widths}.")
 
-    def kernel(d: torch.Tensor) -> torch.Tensor:
-        return sum(torch.exp(-(d**2) / (2 * w**2)) for w in widths) / len(widths)
+    scales = [-1.0 / (2 * w**2) for w in widths]
 
-    kxx = _block_sum(a, a, kernel) / len(a) ** 2
-    kyy = _block_sum(b, b, kernel) / len(b) ** 2
-    kxy = _block_sum(a, b, kernel) / (len(a) * len(b))
-    return max(float(kxx + kyy - 2 * kxy), 0.0)
+    def kernel(sq: torch.Tensor) -> torch.Tensor:  # sum over widths; the mean is taken below
+        out = torch.exp(sq * scales[0])
+        for scale in scales[1:]:
+            out += torch.exp(sq * scale)
+        return out
+
+    kxx = _block_sum(a, None, kernel, squared=True) / len(a) ** 2
+    kyy = _block_sum(b, None, kernel, squared=True) / len(b) ** 2
+    kxy = _block_sum(a, b, kernel, squared=True) / (len(a) * len(b))
+    return max(float(kxx + kyy - 2 * kxy) / len(widths), 0.0)
 
 
 def energy_distance(
@@ -138,12 +152,12 @@ def energy_distance(
     """
     a, b = _pair(x, y, key)
 
-    def dist(d: torch.Tensor) -> torch.Tensor:
-        return d**2 if squared else d
+    def identity(d: torch.Tensor) -> torch.Tensor:
+        return d
 
-    exy = _block_sum(a, b, dist) / (len(a) * len(b))
-    exx = _block_sum(a, a, dist) / len(a) ** 2
-    eyy = _block_sum(b, b, dist) / len(b) ** 2
+    exy = _block_sum(a, b, identity, squared=squared) / (len(a) * len(b))
+    exx = _block_sum(a, None, identity, squared=squared) / len(a) ** 2
+    eyy = _block_sum(b, None, identity, squared=squared) / len(b) ** 2
     return max(float(2 * exy - exx - eyy), 0.0)
 
 
