@@ -6,8 +6,8 @@ a random cell of its condition, the best guess is the condition's mean, and the 
 collapse onto it. Pairing by optimal transport makes the target a (nearly) deterministic function of
 the source. Within a minibatch a condition has only a handful of cells (a batch of 128 cells of a
 screen with 60 conditions holds about two of each), which makes minibatch OT close to random pairing;
-this module pairs each cell with a source by exact OT over (blocks of) *all* the training cells of
-its condition, re-drawn every epoch.
+this module pairs each cell with a source by exact OT over (blocks of) *all* the cells of its
+condition that the model trains and validates on, re-drawn every epoch.
 """
 
 from __future__ import annotations
@@ -34,7 +34,11 @@ class ConditionCoupling:
     :func:`~calmflow_sc.module.minibatch_ot_permutation`). Conditions larger than ``block_size`` are
     split at random into blocks of at most ``block_size`` cells, each coupled on its own. Sources
     never cross conditions, so the sources of a condition keep the marginal of the source
-    distribution (noise, or its context's controls) that prediction starts from.
+    distribution (noise, or its context's controls) that prediction starts from. With control
+    sources, the cells of the control condition itself are drawn from the same pool, so where a
+    context has at most ``block_size`` controls OT couples each control cell with itself: the
+    model learns that the control prompt leaves a cell unchanged, the counterfactual a control
+    prediction should give.
 
     Parameters
     ----------
@@ -103,12 +107,15 @@ class ConditionCoupling:
         generator
             CPU random generator (block split, source draws).
         """
+        # a fresh buffer each time: under ddp_spawn the old one may be shared memory seen by every rank
+        sources = torch.empty_like(self.targets)
         for g, members in enumerate(self._members):
             shuffled = members[torch.randperm(len(members), generator=generator)]
             n_blocks = -(-len(shuffled) // self.block_size)
             for block in torch.tensor_split(shuffled, n_blocks):
                 drawn = self._draw(len(block), g, generator)
-                self.sources[block] = drawn[minibatch_ot_permutation(drawn, self.targets[block])]
+                sources[block] = drawn[minibatch_ot_permutation(drawn, self.targets[block])]
+        self.sources = sources
 
     def _draw(self, n: int, group: int, generator: torch.Generator | None) -> torch.Tensor:
         if self.source == "noise":

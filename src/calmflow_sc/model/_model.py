@@ -88,8 +88,8 @@ class CaLMFlowModel(BaseModelClass):
         context, so predictions are counterfactuals of real cells).
     pairing
         Pairing of sources with training cells: ``"ot"`` couples every cell with a source (noise, or
-        a control cell of its context) by exact optimal transport over all the training cells of
-        its condition, re-drawn every epoch (:class:`~calmflow_sc.data.ConditionCoupling`);
+        a control cell of its context) by exact optimal transport over all the training and
+        validation cells of its condition, re-drawn every epoch (:class:`~calmflow_sc.data.ConditionCoupling`);
         ``"random"`` draws independent sources per batch (the paper). Teacher forcing on a straight
         path reveals its target after one step, so with random pairing the first step must guess
         the target and the generated cells collapse towards the condition's mean; OT pairing makes
