@@ -591,7 +591,6 @@ class CaLMFlowModel(BaseModelClass):
     def _coupling(self, rows: np.ndarray, pool: ControlPool | None) -> ConditionCoupling:
         """OT coupling of the cells ``rows`` (training and validation) with sources, within conditions."""
         adata, rep = self.adata, self._representation
-        adata.obs[INDEX_COLUMN] = np.arange(adata.n_obs, dtype=np.int64)  # rows may have moved since setup
         rows = np.sort(rows)
         targets = np.empty((len(rows), rep.n_components), dtype=np.float32)
         start = 0

@@ -182,8 +182,9 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         device = self.module.device
         self._cpu_generator = torch.Generator()
         self._generator = self._cpu_generator if device.type == "cpu" else torch.Generator(device=device)
+        self._coupled_epoch = None
         self._reseed(data_order=True)
-        self._recouple()  # for the validation sanity check; each epoch start couples again from its own seed
+        self._recouple()  # for the validation sanity check; the first epoch reuses it when seeded
 
     def on_train_start(self) -> None:
         """Training mode (a loaded model starts in evaluation mode); continue the optimizer state."""
@@ -207,8 +208,20 @@ class CaLMFlowTrainingPlan(TrainingPlan):
         self._recouple()
 
     def _recouple(self) -> None:
-        if self.coupling is not None:
-            self.coupling.resample(self._cpu_generator)
+        """Re-draw the coupling, unless this seeded epoch's draw is already the current one.
+
+        With a seed, the coupling drawn at fit start (for the validation sanity check) is the one
+        the first epoch would draw again from the same reseeded generator: it is kept, and the
+        generator is put where that draw left it, so what follows is the same as after a redraw.
+        """
+        if self.coupling is None:
+            return
+        epoch = None if self.seed is None else self.epoch_offset + self.current_epoch
+        if epoch is not None and epoch == self._coupled_epoch:
+            self._cpu_generator.set_state(self._state_after_coupling)
+            return
+        self.coupling.resample(self._cpu_generator)
+        self._coupled_epoch, self._state_after_coupling = epoch, self._cpu_generator.get_state()
 
     def _reseed(self, *, data_order: bool) -> None:
         if self.seed is None:
